@@ -1,0 +1,74 @@
+"""BadEncoder (Jia et al., S&P 2022): fine-tune a copy of a clean encoder so that triggered
+inputs embed like the reference (target) images while clean inputs keep their embeddings."""
+from __future__ import annotations
+
+import copy
+
+import lightning as L
+import torch
+from torch import nn
+
+from dede.attacks.losses import mean_cosine
+from dede.data.augment import light_augment
+from dede.triggers import Trigger
+from dede.victims.encoders import Victim
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Put every BatchNorm in eval mode with its affine parameters frozen."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+
+class BadEncoderModule(L.LightningModule):
+    """``loss = L0 + lambda1 * L1 + lambda2 * L2`` on cosine similarities (see the reference)."""
+
+    def __init__(self, victim: Victim, references: torch.Tensor, trigger: Trigger, lr: float = 1e-3,
+                 momentum: float = 0.9, weight_decay: float = 5e-4, lambda1: float = 1.0,
+                 lambda2: float = 1.0) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["victim", "references", "trigger"])
+        self.victim = victim  # f', trained
+        self.clean = copy.deepcopy(victim).eval()  # f, frozen
+        for p in self.clean.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("references", references.float())
+        self.trigger = trigger
+        self.ref_augment = light_augment(victim.image_size)
+        freeze_batchnorm(self.victim)
+
+    def on_train_epoch_start(self) -> None:
+        freeze_batchnorm(self.victim)
+        self.clean.eval()
+
+    def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        refs = self.references
+        with torch.no_grad():
+            x_trig = self.trigger(x)
+            clean_x = self.clean(x)
+            clean_r = self.clean(refs)
+            aug_r = self.ref_augment(refs)
+        f_trig = self.victim(x_trig)
+        f_x = self.victim(x)
+        f_r = self.victim(refs)
+        f_aug_r = self.victim(aug_r)
+        l0 = -mean_cosine(f_trig, f_r)
+        l1 = -mean_cosine(f_aug_r, clean_r)
+        l2 = -torch.nn.functional.cosine_similarity(f_x, clean_x, dim=1).mean()
+        return {"l0": l0, "l1": l1, "l2": l2}
+
+    def training_step(self, batch, batch_idx):
+        x = batch[0]
+        parts = self.losses(x)
+        loss = parts["l0"] + self.hparams.lambda1 * parts["l1"] + self.hparams.lambda2 * parts["l2"]
+        self.log_dict({f"badencoder/{k}": v for k, v in parts.items()}, on_step=False, on_epoch=True, batch_size=len(x))
+        self.log("badencoder/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(x))
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.victim.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=self.hparams.lr, momentum=self.hparams.momentum,
+                               weight_decay=self.hparams.weight_decay)

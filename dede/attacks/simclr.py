@@ -1,0 +1,40 @@
+"""Clean SimCLR pretraining of a victim encoder (the starting point of BadEncoder/DRUPE)."""
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from dede.attacks.losses import nt_xent
+from dede.data.augment import simclr_augment
+from dede.victims.encoders import SimCLRNet, Victim
+
+
+class SimCLRModule(L.LightningModule):
+    def __init__(self, net: SimCLRNet, victim: Victim, lr: float = 1e-3, weight_decay: float = 1e-6,
+                 temperature: float = 0.5, aug_strength: float = 1.0, min_scale: float = 0.2,
+                 optimizer: str = "adam", momentum: float = 0.9, cosine: bool = False) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "victim"])
+        self.net, self.victim = net, victim
+        self.augment = simclr_augment(victim.image_size, aug_strength, min_scale)
+
+    def training_step(self, batch, batch_idx):
+        x = batch[0]
+        with torch.no_grad():
+            v1, v2 = self.augment(x), self.augment(x)
+        _, z1 = self.net(self.victim.normalise(v1))
+        _, z2 = self.net(self.victim.normalise(v2))
+        loss = nt_xent(z1, z2, self.hparams.temperature)
+        self.log("simclr/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(x))
+        return loss
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        if hp.optimizer == "sgd":
+            opt = torch.optim.SGD(self.net.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        else:
+            opt = torch.optim.Adam(self.net.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        if not hp.cosine:
+            return opt
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.trainer.max_epochs))
+        return [opt], [sched]

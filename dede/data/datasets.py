@@ -1,0 +1,179 @@
+"""In-memory image sets and loaders for the embedded and the torchvision data sets.
+
+Every set is held as a uint8 tensor ``(N, 3, H, W)`` with labels and a per-sample
+boolean ``poisoned`` indicator, so poisoning, triggering and embedding are tensor
+operations over the whole set rather than per-sample Python work.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from dede.data.synthetic import make_synthetic
+from dede.triggers import Trigger, apply_to_uint8
+
+KNOWN = ["synthetic", "cifar10", "cifar100", "stl10", "svhn", "gtsrb", "mnist", "fashion_mnist", "imagefolder"]
+
+
+def salted_generator(seed: int, purpose: str) -> torch.Generator:
+    """A generator whose stream depends on ``seed`` and on what it is for, so that e.g. the
+    poisoned subset and the held-out split drawn with the same seed are independent."""
+    salt = int.from_bytes(hashlib.sha256(f"{seed}:{purpose}".encode()).digest()[:7], "little")
+    return torch.Generator().manual_seed(salt)
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A real data set is absent and downloading is off."""
+
+
+@dataclass
+class ImageSet(Dataset):
+    images: torch.Tensor  # uint8 (N, 3, H, W)
+    labels: torch.Tensor  # int64 (N,), -1 when unlabelled
+    poisoned: torch.Tensor = field(default=None)  # bool (N,)
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
+            raise ValueError(f"images must be uint8 (N, 3, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.poisoned is None:
+            self.poisoned = torch.zeros(len(self.images), dtype=torch.bool)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i].float().div_(255), self.labels[i], self.poisoned[i]
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def float_images(self) -> torch.Tensor:
+        return self.images.float().div_(255)
+
+    def subset(self, idx: torch.Tensor) -> "ImageSet":
+        return ImageSet(self.images[idx], self.labels[idx], self.poisoned[idx], self.name)
+
+    def split(self, fraction: float, seed: int) -> tuple["ImageSet", "ImageSet"]:
+        """Seeded split into ``(rest, held_out)`` with ``fraction`` of the samples held out."""
+        perm = torch.randperm(len(self), generator=salted_generator(seed, "split"))
+        k = int(round(len(self) * fraction))
+        return self.subset(perm[k:].sort().values), self.subset(perm[:k].sort().values)
+
+    def poison(self, trigger: Trigger, rate: float, seed: int, only_label: int | None = None) -> "ImageSet":
+        """A copy where a ``rate`` share of the samples (of class ``only_label`` if given, for
+        clean-label attacks) carries the trigger; ``poisoned`` marks exactly those samples."""
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"poison_rate must be in [0, 1], got {rate}")
+        pool = torch.arange(len(self)) if only_label is None else torch.nonzero(self.labels == only_label)[:, 0]
+        k = int(round(rate * len(pool)))
+        chosen = pool[torch.randperm(len(pool), generator=salted_generator(seed, "poison"))[:k]]
+        images, poisoned = self.images.clone(), self.poisoned.clone()
+        if k:
+            images[chosen] = apply_to_uint8(trigger, images[chosen])
+            poisoned[chosen] = True
+        return ImageSet(images, self.labels, poisoned, self.name)
+
+    def triggered(self, trigger: Trigger) -> "ImageSet":
+        """Every sample with the trigger applied."""
+        return ImageSet(apply_to_uint8(trigger, self.images), self.labels,
+                        torch.ones(len(self), dtype=torch.bool), self.name)
+
+
+def _resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x.contiguous()
+    out = []
+    for i in range(0, len(x), 2048):
+        y = F.interpolate(x[i:i + 2048].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out.append(y.round_().clamp_(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def _from_pil(ds, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision.transforms.functional import pil_to_tensor, resize
+
+    imgs, labels = [], []
+    for img, y in ds:
+        t = pil_to_tensor(img.convert("RGB"))
+        imgs.append(resize(t, [size, size], antialias=True))
+        labels.append(int(y))
+    return torch.stack(imgs), torch.tensor(labels)
+
+
+MISSING_HELP = {
+    "cifar10": "cifar-10-batches-py/ (from cifar-10-python.tar.gz)",
+    "cifar100": "cifar-100-python/ (from cifar-100-python.tar.gz)",
+    "stl10": "stl10_binary/ (from stl10_binary.tar.gz)",
+    "svhn": "train_32x32.mat / test_32x32.mat",
+    "gtsrb": "gtsrb/GTSRB/Training and gtsrb/GTSRB/Final_Test (the torchvision GTSRB layout)",
+    "mnist": "MNIST/raw/*-ubyte files",
+    "fashion_mnist": "FashionMNIST/raw/*-ubyte files",
+    "imagefolder": "one sub-folder of images per class",
+}
+
+
+@functools.lru_cache(maxsize=16)
+def _load_cached(name: str, split: str, root: str, download: bool, image_size: int,
+                 n: int, seed: int) -> ImageSet:
+    if name == "synthetic":
+        images, labels = make_synthetic(n, seed=seed, image_size=image_size)
+        return ImageSet(images, labels, name=name)
+
+    import torchvision.datasets as tvd
+
+    root_p = Path(root).expanduser()
+    try:
+        if name in ("cifar10", "cifar100"):
+            cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+            ds = cls(str(root_p), train=(split == "train"), download=download)
+            images, labels = torch.from_numpy(ds.data).permute(0, 3, 1, 2), torch.tensor(ds.targets)
+        elif name == "stl10":
+            ds = tvd.STL10(str(root_p), split=split, download=download)
+            images, labels = torch.from_numpy(ds.data), torch.from_numpy(ds.labels).long()
+        elif name == "svhn":
+            ds = tvd.SVHN(str(root_p), split=split, download=download)
+            images, labels = torch.from_numpy(ds.data), torch.from_numpy(ds.labels).long()
+        elif name in ("mnist", "fashion_mnist"):
+            cls = tvd.MNIST if name == "mnist" else tvd.FashionMNIST
+            ds = cls(str(root_p), train=(split == "train"), download=download)
+            images, labels = ds.data[:, None].expand(-1, 3, -1, -1), ds.targets.long()
+        elif name == "gtsrb":
+            ds = tvd.GTSRB(str(root_p), split=split, download=download)
+            images, labels = _from_pil(ds, image_size)
+        elif name == "imagefolder":
+            folder = root_p / split if (root_p / split).is_dir() else root_p
+            if not folder.is_dir():
+                raise DataNotFoundError(f"image folder {folder} does not exist")
+            ds = tvd.ImageFolder(str(folder))
+            images, labels = _from_pil(ds, image_size)
+        else:
+            raise ValueError(f"unknown data set {name!r}; known: {KNOWN}")
+    except (RuntimeError, FileNotFoundError) as exc:
+        if isinstance(exc, DataNotFoundError):
+            raise
+        raise DataNotFoundError(
+            f"data set '{name}' (split '{split}') not found under {root_p}: put {MISSING_HELP.get(name, 'its files')} "
+            f"in {root_p} (set data.root to another folder if it lives elsewhere), or allow downloading with "
+            f"data.download=true. Original error: {exc}") from exc
+    images = _resize_uint8(images.contiguous(), image_size)
+    return ImageSet(images, labels.long(), name=name)
+
+
+def load_split(name: str, split: str, root: str = "data", download: bool = False, image_size: int = 32,
+               n: int = 0, seed: int = 0) -> ImageSet:
+    """Load one split of a data set as an `ImageSet` (cached within the process).
+
+    ``n``/``seed`` size and seed the embedded synthetic set; they are ignored otherwise.
+    """
+    if name not in KNOWN:
+        raise ValueError(f"unknown data set {name!r}; known: {KNOWN}")
+    s = _load_cached(name, split, str(root), bool(download), int(image_size), int(n), int(seed))
+    return ImageSet(s.images, s.labels, s.poisoned.clone(), s.name)

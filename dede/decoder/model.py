@@ -1,0 +1,119 @@
+"""The DeDe model: an MAE-style patch encoder and decoder (timm transformer blocks) in
+which the frozen victim's embedding, projected without bias, takes the place of the CLS
+token. Given an image, its victim embedding and a mask ratio it reconstructs every patch."""
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from timm.layers import PatchEmbed, trunc_normal_
+from timm.models.vision_transformer import Block
+from torch import nn
+
+
+def random_masking(batch: int, tokens: int, ratio: float, device, generator: torch.Generator | None = None):
+    """Vectorised per-sample random masking on the device: ``argsort(rand(B, T))``.
+
+    Returns ``(ids_keep (B, K), ids_restore (B, T), mask (B, T) with 1 = masked)``, where
+    ``K = int(T * (1 - ratio))`` patches stay visible.
+    """
+    keep = int(tokens * (1 - ratio))
+    noise = torch.rand(batch, tokens, device=device, generator=generator)
+    ids_shuffle = noise.argsort(dim=1)
+    ids_restore = ids_shuffle.argsort(dim=1)
+    mask = torch.ones(batch, tokens, device=device)
+    mask[:, :keep] = 0
+    mask = mask.gather(1, ids_restore)
+    return ids_shuffle[:, :keep], ids_restore, mask
+
+
+class DeDeModel(nn.Module):
+    def __init__(self, victim_dim: int, image_size: int = 32, patch_size: int = 4, embed_dim: int = 192,
+                 depth: int = 12, num_heads: int = 3, decoder_embed_dim: int | None = None,
+                 decoder_depth: int = 4, decoder_num_heads: int | None = None, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"decoder.patch_size={patch_size} does not divide the image size {image_size}")
+        dd = decoder_embed_dim or embed_dim
+        dh = decoder_num_heads or num_heads
+        self.patch_size, self.image_size = patch_size, image_size
+        self.patch_embed = PatchEmbed(image_size, patch_size, 3, embed_dim)
+        n = self.patch_embed.num_patches
+        self.num_patches = n
+        self.victim_proj = nn.Linear(victim_dim, embed_dim, bias=False)
+        self.pos_embed = nn.Parameter(torch.zeros(1, n, embed_dim))
+        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth)])
+        self.norm = nn.LayerNorm(embed_dim)
+        self.decoder_embed = nn.Linear(embed_dim, dd)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, n + 1, dd))
+        self.decoder_blocks = nn.ModuleList([Block(dd, dh, mlp_ratio, qkv_bias=True) for _ in range(decoder_depth)])
+        self.decoder_norm = nn.LayerNorm(dd)
+        self.decoder_pred = nn.Linear(dd, patch_size * patch_size * 3)
+        for p in (self.pos_embed, self.decoder_pos_embed, self.mask_token):
+            trunc_normal_(p, std=0.02)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.patch_size
+        return rearrange(x, "b c (h p) (w q) -> b (h w) (p q c)", p=p, q=p)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        p, h = self.patch_size, self.image_size // self.patch_size
+        return rearrange(x, "b (h w) (p q c) -> b c (h p) (w q)", h=h, p=p, q=p, c=3)
+
+    def forward(self, images: torch.Tensor, victim_emb: torch.Tensor, mask_ratio: float,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(pred (B, T, p*p*3) in pixel space, mask (B, T), 1 = masked)``."""
+        b = images.shape[0]
+        x = self.patch_embed(images) + self.pos_embed
+        ids_keep, ids_restore, mask = random_masking(b, self.num_patches, mask_ratio, images.device, generator)
+        x = x.gather(1, ids_keep[..., None].expand(-1, -1, x.shape[-1]))
+        cls = self.victim_proj(victim_emb.to(x.dtype))[:, None]
+        x = torch.cat([cls, x], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        x = self.decoder_embed(self.norm(x))
+        n_mask = self.num_patches - ids_keep.shape[1]
+        tokens = torch.cat([x[:, 1:], self.mask_token.expand(b, n_mask, -1)], dim=1)
+        tokens = tokens.gather(1, ids_restore[..., None].expand(-1, -1, x.shape[-1]))
+        x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos_embed
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        return self.decoder_pred(self.decoder_norm(x))[:, 1:], mask
+
+    def loss(self, images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """MSE over the masked patches (their mean, i.e. the sum / (B*T) divided by the mask
+        ratio); with nothing masked, the MSE over all patches."""
+        per_patch = (pred.float() - self.patchify(images).float()).pow(2).mean(-1)
+        masked = mask.sum()
+        if masked == 0:
+            return per_patch.mean()
+        return (per_patch * mask).sum() / masked
+
+    def reconstruct(self, images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The image the score compares with: visible patches copied from the input."""
+        target = self.patchify(images)
+        out = torch.where(mask[..., None].bool(), pred.to(target.dtype), target)
+        return self.unpatchify(out)
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, victim_emb: torch.Tensor, mask_ratio: float,
+              generator: torch.Generator | None = None, n_masks: int = 1) -> torch.Tensor:
+        """DeDe score of a batch: summed squared error between input and reconstruction
+        (averaged over ``n_masks`` random masks). High = likely triggered."""
+        total = torch.zeros(images.shape[0], device=images.device)
+        for _ in range(n_masks):
+            pred, mask = self(images, victim_emb, mask_ratio, generator)
+            err = (pred.float().clamp(0, 1) - self.patchify(images).float()).pow(2).sum(-1)
+            total += (err * mask).sum(-1)
+        return total / n_masks

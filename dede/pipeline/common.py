@@ -1,0 +1,61 @@
+"""Pieces shared by the train and evaluate entry points."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from dede.data import ImageSet, load_split
+from dede.victims.factory import home_split
+
+log = logging.getLogger(__name__)
+
+
+def route_lightning_logs() -> None:
+    """Let Lightning's log records reach only the root handlers (console + run log file)
+    that Hydra configured, instead of also printing them through its own handler."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+        lg.propagate = True
+
+
+def aux_split(cfg: DictConfig) -> ImageSet:
+    """The auxiliary set, poisoned at ``data.poison_rate`` with the attack's trigger."""
+    d = cfg.data
+    aux = load_split(d.name, d.split, d.root, d.download, d.image_size, d.get("n", 0), d.get("seed", 0))
+    if d.poison_rate > 0:
+        aux = aux.poison(instantiate(cfg.attack.trigger), float(d.poison_rate), seed=cfg.seed)
+    return aux
+
+
+def check_data_available(cfg: DictConfig) -> None:
+    """Load (and cache in-process) every data set the run needs, so absent files fail fast."""
+    aux_split(cfg)
+    home_split(cfg, "train")
+    home_split(cfg, "test")
+
+
+def write_json_atomic(path: str | Path, obj) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str))
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def instantiate_list(node: DictConfig | None) -> list:
+    if not node:
+        return []
+    return [instantiate(v) for v in node.values() if v is not None and "_target_" in v]

@@ -1,0 +1,152 @@
+"""Obtain the victim of a run: load it from a checkpoint, or make it with our own attack
+implementation and cache it under a key that hashes everything that made it."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig, OmegaConf
+
+from dede.data import ImageSet, TensorBatches, load_split, make_loader
+from dede.victims.checkpoints import load_victim_checkpoint, save_checkpoint
+from dede.victims.encoders import Victim, build_victim
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VictimInfo:
+    victim: Victim
+    full: torch.nn.Module
+    path: str  # the checkpoint that holds it (a given one, or one in the cache)
+    fmt: str
+    made: bool  # made in this process (False: loaded from a checkpoint or the cache)
+
+
+def config_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _plain(node) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def home_split(cfg: DictConfig, split: str) -> ImageSet:
+    h = cfg.data.home
+    n = h.get("n_train" if split == "train" else "n_test", 0)
+    seed = h.get("seed", 0) + (0 if split == "train" else 1)
+    return load_split(h.name, h.get(f"{split}_split", split), h.root, h.download, cfg.data.image_size, n, seed)
+
+
+def victim_trainer(cfg: DictConfig, epochs: int, log_dir: Path, name: str) -> L.Trainer:
+    """A trainer for making victims: the run's accelerator/devices/precision, its own epochs."""
+    return instantiate(cfg.trainer, max_epochs=int(epochs), logger=CSVLogger(str(log_dir), name=name),
+                       callbacks=[], enable_checkpointing=False, enable_model_summary=False,
+                       check_val_every_n_epoch=None, limit_val_batches=0)
+
+
+def reference_images(cfg: DictConfig, home: ImageSet, n: int) -> torch.Tensor:
+    """The target-class reference images: from ``attack.reference_file`` (the original ``.npz``
+    with ``x`` (N,H,W,3) uint8) or, without one, ``n`` seeded picks of the target class."""
+    path = cfg.attack.get("reference_file")
+    if path:
+        import numpy as np
+
+        with np.load(path, allow_pickle=False) as z:
+            x = torch.from_numpy(np.asarray(z["x"])).permute(0, 3, 1, 2)
+        return x[:n].float().div(255)
+    idx = torch.nonzero(home.labels == cfg.attack.target)[:, 0]
+    if len(idx) == 0:
+        raise ValueError(f"no image of target class {cfg.attack.target} in the home data set '{home.name}'")
+    pick = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(cfg.seed))[:n]]
+    return home.images[pick].float().div(255)
+
+
+def make_clean(cfg: DictConfig, victim: Victim, full: torch.nn.Module, log_dir: Path) -> None:
+    from dede.attacks import SimCLRModule
+
+    p = cfg.attack.pretrain
+    home = home_split(cfg, "train")
+    L.seed_everything(cfg.seed, workers=True)
+    module = SimCLRModule(full, victim, lr=p.lr, weight_decay=p.weight_decay, temperature=p.temperature,
+                          aug_strength=p.get("aug_strength", 1.0), min_scale=p.get("min_scale", 0.2),
+                          optimizer=p.get("optimizer", "adam"), cosine=p.get("cosine", False))
+    loader = make_loader(TensorBatches(home.images), p.batch_size, shuffle=True, drop_last=True,
+                         num_workers=cfg.data.num_workers, seed=cfg.seed)
+    victim_trainer(cfg, p.epochs, log_dir, "simclr").fit(module, loader)
+
+
+def make_badencoder(cfg: DictConfig, victim: Victim, full: torch.nn.Module, log_dir: Path) -> None:
+    from dede.attacks import BadEncoderModule
+
+    m = cfg.attack.make
+    home = home_split(cfg, "train")
+    shadow = home.split(m.shadow_fraction, cfg.seed)[1] if m.shadow_fraction < 1 else home
+    refs = reference_images(cfg, home, m.n_references)
+    L.seed_everything(cfg.seed, workers=True)
+    module = BadEncoderModule(victim, refs, instantiate(cfg.attack.trigger), lr=m.lr, momentum=m.momentum,
+                              weight_decay=m.weight_decay, lambda1=m.lambda1, lambda2=m.lambda2)
+    loader = make_loader(TensorBatches(shadow.images), m.batch_size, shuffle=True, drop_last=True,
+                         num_workers=cfg.data.num_workers, seed=cfg.seed)
+    victim_trainer(cfg, m.epochs, log_dir, "badencoder").fit(module, loader)
+
+
+# attack name -> function that turns a clean victim (in place) into a backdoored one
+ATTACKS: dict[str, Callable[..., None]] = {"badencoder": make_badencoder}
+
+
+def _cached(cache: Path, kind: str, key_obj: dict, fmt: str, victim: Victim, full: torch.nn.Module,
+            make: Callable[[], None]) -> tuple[str, bool]:
+    key = config_hash(key_obj)
+    path = cache / f"{kind}-{key}.pt"
+    if path.is_file():
+        log.info("reusing cached %s victim %s", kind, path)
+        load_victim_checkpoint(path, fmt, full)
+        return str(path), False
+    log.info("making %s victim (cache key %s)", kind, key)
+    make()
+    if _is_global_zero():
+        save_checkpoint(full, path, kind=kind)
+        (cache / f"{kind}-{key}.json").write_text(json.dumps(key_obj, indent=2, sort_keys=True, default=str))
+    return str(path), True
+
+
+def _is_global_zero() -> bool:
+    return not torch.distributed.is_available() or not torch.distributed.is_initialized() or \
+        torch.distributed.get_rank() == 0
+
+
+def obtain_victim(cfg: DictConfig, log_dir: str | Path) -> VictimInfo:
+    a = cfg.attack
+    victim, full = build_victim(**_plain(a.victim))
+    fmt = a.checkpoint_format
+    if a.checkpoint:
+        load_victim_checkpoint(a.checkpoint, fmt, full)
+        return VictimInfo(victim, full, str(a.checkpoint), fmt, made=False)
+    cache = Path(cfg.paths.cache_dir) / "victims"
+    cache.mkdir(parents=True, exist_ok=True)
+    log_dir = Path(log_dir)
+    home = _plain(cfg.data.home) | {"image_size": cfg.data.image_size}
+    home.pop("root", None), home.pop("download", None)
+    clean_key = {"victim": _plain(a.victim), "pretrain": _plain(a.pretrain), "home": home, "seed": cfg.seed}
+    path, made = _cached(cache, "clean", clean_key, "badencoder", victim, full,
+                         lambda: make_clean(cfg, victim, full, log_dir))
+    if a.name == "clean":
+        return VictimInfo(victim, full, path, "badencoder", made)
+    if a.name not in ATTACKS:
+        raise ValueError(f"attack '{a.name}' has no implementation to make a victim; known: {sorted(ATTACKS)} "
+                         "(or give attack.checkpoint=PATH)")
+    attack_key = clean_key | {"attack": a.name, "make": _plain(a.make), "trigger": _plain(a.trigger),
+                              "target": a.target, "reference_file": a.get("reference_file")}
+    path, made2 = _cached(cache, a.name, attack_key, "badencoder", victim, full,
+                          lambda: ATTACKS[a.name](cfg, victim, full, log_dir))
+    victim.eval()
+    return VictimInfo(victim, full, path, "badencoder", made or made2)

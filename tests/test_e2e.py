@@ -1,0 +1,91 @@
+"""train.py and evaluate.py end to end on tiny settings (CPU, embedded data)."""
+import json
+
+import pytest
+import torch
+import yaml
+
+from tests.helpers import TINY, run_entry
+
+KEYS = ["auroc", "auprc", "tpr_at_fpr_05", "clean_accuracy", "asr", "clean_accuracy_defended", "asr_defended"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cache_dir):
+    base = tmp_path_factory.mktemp("e2e")
+    run, ev = base / "train", base / "eval"
+    r = run_entry("train.py", TINY + [f"hydra.run.dir={run}"], cache_dir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_entry("evaluate.py", [f"run={run}", f"hydra.run.dir={ev}", "logger=csv", "eval.downstream.epochs=20"],
+                  cache_dir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return run, ev, json.loads((ev / "results.json").read_text())
+
+
+def test_run_directory_layout(trained):
+    run, ev, _ = trained
+    assert (run / ".hydra" / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "train.log").is_file() and (run / "csv" / "metrics.csv").is_file()
+    cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    assert cfg["attack"]["name"] == "badencoder" and cfg["data"]["name"] == "synthetic"
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    # the decoder checkpoint holds the decoder only, never the frozen victim
+    assert all(k.startswith("model.") for k in ckpt["state_dict"])
+    for f in ["results.json", "results.md", "roc.png", "score_hist.png", "reconstructions.png"]:
+        assert (ev / f).is_file(), f
+    assert not (run / "results.json").exists()  # results land in evaluate's own run directory
+
+
+def test_results_contract(trained):
+    _, ev, res = trained
+    for k in KEYS:
+        assert 0.0 <= res[k] <= 1.0, k
+    assert set(res["threshold"]) == {"rule", "value", "tpr", "fpr"}
+    assert res["n_clean"] == 500 and res["n_triggered"] == 450  # triggered: test images outside the target class
+    assert res["attack"] == "badencoder" and "train" in res["config"]
+    md = (ev / "results.md").read_text()
+    assert "auroc" in md and f"{res['auroc']:.4f}" in md
+
+
+def test_backdoor_works_and_dede_detects_it(trained):
+    _, _, res = trained
+    assert res["clean_accuracy"] >= 0.7
+    assert res["asr"] >= 0.8  # the made victim is really backdoored
+    assert res["auroc"] >= 0.85  # far above chance
+    assert res["asr_defended"] <= res["asr"] / 2  # filtering removes most successful attacks
+    assert res["clean_accuracy_defended"] >= res["clean_accuracy"] - 0.05
+    assert res["threshold"]["fpr"] <= 0.15  # calibrated on held-out auxiliary data only
+
+
+def test_second_run_reuses_cached_victim_and_resumes(trained, tmp_path, cache_dir):
+    run = tmp_path / "again"
+    short = TINY + [f"hydra.run.dir={run}", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1"]
+    r = run_entry("train.py", short + ["decoder.epochs=1"], cache_dir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "reusing cached badencoder victim" in r.stderr and "making" not in r.stderr
+    victim = json.loads((run / "victim.json").read_text())
+    assert victim["made_in_this_run"] is False
+    # an interrupted / extended run resumes from checkpoints/last.ckpt
+    r = run_entry("train.py", short + ["decoder.epochs=2"], cache_dir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming from" in r.stderr
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 4
+
+
+def test_multirun_gives_each_job_its_own_directory(trained, tmp_path, cache_dir):
+    sweep = tmp_path / "sweep"
+    r = run_entry("train.py", ["-m", "decoder.mask_ratio=0.75,0.9", "decoder.patch_size=4,8", *TINY,
+                               "decoder.epochs=1", "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1",
+                               f"hydra.sweep.dir={sweep}"], cache_dir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
+    assert len(jobs) == 4
+    seen = set()
+    for job in jobs:
+        assert (job / "checkpoints" / "last.ckpt").is_file()
+        cfg = yaml.safe_load((job / "resolved_config.yaml").read_text())
+        seen.add((cfg["decoder"]["mask_ratio"], cfg["decoder"]["patch_size"]))
+        hp = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["hyper_parameters"]
+        assert hp["mask_ratio"] == cfg["decoder"]["mask_ratio"] and hp["model"]["patch_size"] == cfg["decoder"]["patch_size"]
+    assert seen == {(0.75, 4), (0.75, 8), (0.9, 4), (0.9, 8)}
