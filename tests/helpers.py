@@ -12,9 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # the smallest settings that still make a working backdoored victim and decoder
 TINY = [
-    "logger=csv", "data.home.n_train=2000", "data.home.n_test=500", "data.batch_size=64",
-    "attack.pretrain.epochs=6", "attack.pretrain.batch_size=128", "attack.make.epochs=4",
-    "decoder.epochs=6", "decoder.embed_dim=64", "decoder.depth=2", "decoder.decoder_depth=1",
+    "logger=csv", "data.home.n_train=2000", "data.home.n_test=500", "data.batch_size=32",
+    "attack.pretrain.epochs=6", "attack.pretrain.batch_size=128", "attack.make.epochs=12",
+    "decoder.epochs=10", "decoder.embed_dim=64", "decoder.depth=2", "decoder.decoder_depth=1",
     "decoder.num_heads=2", "trainer.enable_progress_bar=false",
 ]
 
@@ -27,5 +27,7 @@ def compose_train(overrides: list[str]):
 
 def run_entry(script: str, overrides: list[str], cache_dir: Path, timeout: int = 900) -> subprocess.CompletedProcess:
     env = dict(os.environ, DEDE_CACHE=str(cache_dir), WANDB_MODE="offline", PYTHONWARNINGS="ignore")
-    return subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    r = subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=timeout)
+    r.output = r.stdout + r.stderr  # Hydra logs to stdout, errors go to stderr
+    return r

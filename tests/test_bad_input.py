@@ -48,21 +48,21 @@ def test_offline_real_data_fails_at_once_naming_files(tmp_path, cache_dir):
     r = run_entry("train.py", ["attack=badencoder", "data=cifar10", "data.poison_rate=0.01",
                                f"data.root={tmp_path}", f"hydra.run.dir={tmp_path}/run", "logger=csv"], cache_dir)
     assert r.returncode != 0
-    assert "cifar-10-batches-py" in r.stderr and str(tmp_path) in r.stderr and "data.download=true" in r.stderr
+    assert "cifar-10-batches-py" in r.output and str(tmp_path) in r.output and "data.download=true" in r.output
     assert time.time() - t0 < 120
     assert not list((tmp_path / "run").glob("checkpoints/*"))
 
 
 def test_bad_mask_ratio_on_the_command_line(tmp_path, cache_dir):
     r = run_entry("train.py", ["decoder.mask_ratio=1.5", f"hydra.run.dir={tmp_path}/run", "logger=csv"], cache_dir)
-    assert r.returncode != 0 and "decoder.mask_ratio=1.5 is outside [0, 1)" in r.stderr
+    assert r.returncode != 0 and "decoder.mask_ratio=1.5 is outside [0, 1)" in r.output
 
 
 def test_corrupt_checkpoint_fails_before_training(tmp_path, cache_dir):
     bad = tmp_path / "victim.pth"
     bad.write_bytes(b"\x00garbage")
     r = run_entry("train.py", [f"attack.checkpoint={bad}", f"hydra.run.dir={tmp_path}/run", "logger=csv"], cache_dir)
-    assert r.returncode != 0 and "cannot read checkpoint" in r.stderr
+    assert r.returncode != 0 and "cannot read checkpoint" in r.output
 
 
 def test_embedding_size_mismatch_between_decoder_and_victim(tmp_path):
@@ -82,4 +82,4 @@ def test_embedding_size_mismatch_between_decoder_and_victim(tmp_path):
 
 def test_evaluate_on_a_directory_that_is_not_a_run(tmp_path, cache_dir):
     r = run_entry("evaluate.py", [f"run={tmp_path}", f"hydra.run.dir={tmp_path}/eval", "logger=csv"], cache_dir)
-    assert r.returncode != 0 and "not a train.py run directory" in r.stderr
+    assert r.returncode != 0 and "not a train.py run directory" in r.output

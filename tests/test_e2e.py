@@ -15,10 +15,10 @@ def trained(tmp_path_factory, cache_dir):
     base = tmp_path_factory.mktemp("e2e")
     run, ev = base / "train", base / "eval"
     r = run_entry("train.py", TINY + [f"hydra.run.dir={run}"], cache_dir)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, r.output[-3000:]
     r = run_entry("evaluate.py", [f"run={run}", f"hydra.run.dir={ev}", "logger=csv", "eval.downstream.epochs=20"],
                   cache_dir)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, r.output[-3000:]
     return run, ev, json.loads((ev / "results.json").read_text())
 
 
@@ -51,8 +51,9 @@ def test_backdoor_works_and_dede_detects_it(trained):
     _, _, res = trained
     assert res["clean_accuracy"] >= 0.7
     assert res["asr"] >= 0.8  # the made victim is really backdoored
-    assert res["auroc"] >= 0.85  # far above chance
-    assert res["asr_defended"] <= res["asr"] / 2  # filtering removes most successful attacks
+    assert res["auroc"] >= 0.95  # far above chance
+    assert res["tpr_at_fpr_05"] >= 0.8
+    assert res["asr_defended"] <= 0.2  # filtering removes most successful attacks
     assert res["clean_accuracy_defended"] >= res["clean_accuracy"] - 0.05
     assert res["threshold"]["fpr"] <= 0.15  # calibrated on held-out auxiliary data only
 
@@ -61,16 +62,40 @@ def test_second_run_reuses_cached_victim_and_resumes(trained, tmp_path, cache_di
     run = tmp_path / "again"
     short = TINY + [f"hydra.run.dir={run}", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1"]
     r = run_entry("train.py", short + ["decoder.epochs=1"], cache_dir)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "reusing cached badencoder victim" in r.stderr and "making" not in r.stderr
+    assert r.returncode == 0, r.output[-3000:]
+    assert "reusing cached badencoder victim" in r.output and "making" not in r.output
     victim = json.loads((run / "victim.json").read_text())
     assert victim["made_in_this_run"] is False
     # an interrupted / extended run resumes from checkpoints/last.ckpt
     r = run_entry("train.py", short + ["decoder.epochs=2"], cache_dir)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "resuming from" in r.stderr
+    assert r.returncode == 0, r.output[-3000:]
+    assert "resuming from" in r.output
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 4
+
+
+def test_decoder_uses_the_victim_embedding(trained):
+    """Reconstructions at the test ratio come from the embedding: with the embeddings of other
+    images the clean reconstruction error must grow clearly."""
+    from dede.detect import dede_scores
+    from dede.pipeline.evaluate import load_decoder
+    from dede.victims import build_victim, load_victim_checkpoint
+    from dede.victims.factory import home_split
+
+    run, _, _ = trained
+    cfg = yaml.safe_load((run / "resolved_config.yaml").read_text())
+    vinfo = json.loads((run / "victim.json").read_text())
+    victim, full = build_victim(**cfg["attack"]["victim"])
+    load_victim_checkpoint(vinfo["path"], vinfo["format"], full)
+    victim.eval()
+    model = load_decoder(run, victim.embed_dim, torch.device("cpu")).model
+    from omegaconf import OmegaConf
+
+    x = home_split(OmegaConf.create(cfg), "test").images[:200]
+    emb = victim.embed(x.float() / 255)
+    own = dede_scores(model, victim, x, 0.99, embeddings=emb)
+    shuffled = dede_scores(model, victim, x, 0.99, embeddings=emb.roll(1, 0))
+    assert shuffled.mean() > 1.5 * own.mean()
 
 
 def test_multirun_gives_each_job_its_own_directory(trained, tmp_path, cache_dir):
@@ -78,7 +103,7 @@ def test_multirun_gives_each_job_its_own_directory(trained, tmp_path, cache_dir)
     r = run_entry("train.py", ["-m", "decoder.mask_ratio=0.75,0.9", "decoder.patch_size=4,8", *TINY,
                                "decoder.epochs=1", "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1",
                                f"hydra.sweep.dir={sweep}"], cache_dir)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, r.output[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
     assert len(jobs) == 4
     seen = set()
@@ -89,3 +114,13 @@ def test_multirun_gives_each_job_its_own_directory(trained, tmp_path, cache_dir)
         hp = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["hyper_parameters"]
         assert hp["mask_ratio"] == cfg["decoder"]["mask_ratio"] and hp["model"]["patch_size"] == cfg["decoder"]["patch_size"]
     assert seen == {(0.75, 4), (0.75, 8), (0.9, 4), (0.9, 8)}
+
+
+def test_two_process_ddp_on_cpu(trained, tmp_path, cache_dir):
+    run = tmp_path / "ddp"
+    r = run_entry("train.py", TINY + ["trainer=ddp_sim", "decoder.epochs=1", "+trainer.limit_train_batches=2",
+                                      "+trainer.limit_val_batches=1", f"hydra.run.dir={run}"], cache_dir)
+    assert r.returncode == 0, r.output[-3000:]
+    assert "distributed_backend=gloo" in r.output or "world_size: 2" in r.output.lower() or "2 processes" in r.output
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2

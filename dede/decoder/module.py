@@ -127,6 +127,30 @@ class DeDeModule(L.LightningModule):
         self.log("val/loss", self.model.loss(x, pred, mask), prog_bar=True, batch_size=len(x), sync_dist=True)
         score = self.model.score(x, emb, self.hparams.test_mask_ratio, g)
         self.log("val/score_clean", score.mean(), batch_size=len(x), sync_dist=True)
+        if batch_idx == 0:
+            self._log_reconstructions(x[:8], emb[:8])
+
+    @torch.no_grad()
+    def _log_reconstructions(self, x: torch.Tensor, emb: torch.Tensor) -> None:
+        """Inputs above their reconstructions at the train and the test mask ratio, to loggers
+        that take images (W&B, TensorBoard)."""
+        loggers = [lg for lg in (self.loggers or []) if hasattr(lg, "log_image") or hasattr(lg.experiment, "add_image")]
+        if not loggers or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        from torchvision.utils import make_grid
+
+        rows = [x]
+        for ratio in (self.hparams.mask_ratio, self.hparams.test_mask_ratio):
+            g = torch.Generator(device=x.device).manual_seed(0)
+            pred, mask = self.model(x, emb, ratio, g)
+            rows.append(self.model.reconstruct(x, pred.clamp(0, 1), mask))
+        grid = make_grid(torch.cat(rows).float().cpu(), nrow=len(x), padding=1)
+        for lg in loggers:
+            if hasattr(lg, "log_image"):
+                lg.log_image("val/reconstructions", images=[grid], step=self.global_step,
+                             caption=["input / train-ratio / test-ratio reconstruction"])
+            else:
+                lg.experiment.add_image("val/reconstructions", grid, self.global_step)
 
     def configure_optimizers(self):
         hp = self.hparams
