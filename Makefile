@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # TORCH_EXTRA=torch installs the tested torch pins; set TORCH_EXTRA= to keep your own CUDA build.
 TORCH_EXTRA ?= torch
-EXTRAS = dev$(if $(TORCH_EXTRA),$(comma)$(TORCH_EXTRA))
+EXTRAS = dev,sweeps$(if $(TORCH_EXTRA),$(comma)$(TORCH_EXTRA))
 comma := ,
 DEMO_DIR ?= logs/demo/$(shell date +%Y-%m-%d_%H-%M-%S)
 

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 def main(cfg: DictConfig) -> float | None:
     from dede.pipeline.evaluate import run_evaluate
 
-    return run_evaluate(cfg).get("auroc")
+    return run_evaluate(cfg).get("auroc")  # None for a multirun table
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ def main(cfg: DictConfig) -> float | None:
     from dede.pipeline.train import run_train
 
     metrics = run_train(cfg)
-    return metrics.get("val/loss")
+    # the value a sweeper optimises: the AUROC when the run evaluates itself, else the val loss
+    return metrics.get(cfg.get("optimized_metric") or "val/loss")
 
 
 if __name__ == "__main__":

@@ -78,3 +78,28 @@ def test_score_sums_squared_error_over_masked_patches():
 def test_patch_size_must_divide_image():
     with pytest.raises(ValueError, match="does not divide"):
         DeDeModel(victim_dim=8, image_size=32, patch_size=5)
+
+
+def test_patch_top_rule_and_unknown_rule():
+    m = tiny_model().eval()
+    x = torch.rand(2, 3, 16, 16)
+    emb = torch.randn(2, 8)
+    pred, mask = m(x, emb, 0.99, torch.Generator().manual_seed(0))
+    err = (pred.clamp(0, 1) - m.patchify(x)).pow(2).sum(-1) * mask
+    expected = err.topk(2, dim=-1).values.mean(-1)  # 10 % of 16 patches, rounded: 2
+    got = m.score(x, emb, 0.99, torch.Generator().manual_seed(0), rule="patch_top")
+    assert torch.allclose(got, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown score rule"):
+        m.score(x, emb, 0.99, rule="l1")
+
+
+def test_mixed_and_linear_mask_schedules():
+    from dede.decoder import DeDeModule
+
+    kw = dict(model=dict(image_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2, decoder_depth=1),
+              victim_dim=8, mask_ratio=0.75, test_mask_ratio=0.99)
+    torch.manual_seed(0)
+    mixed = DeDeModule(mask_schedule="mixed", mix_prob=0.5, **kw)
+    draws = [mixed.current_mask_ratio() for _ in range(400)]
+    assert set(draws) == {0.75, 0.99} and 0.4 < draws.count(0.99) / 400 < 0.6
+    assert DeDeModule(mask_schedule="fixed", **kw).current_mask_ratio() == 0.75

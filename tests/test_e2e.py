@@ -102,7 +102,8 @@ def test_multirun_gives_each_job_its_own_directory(trained, tmp_path, cache_dir)
     sweep = tmp_path / "sweep"
     r = run_entry("train.py", ["-m", "decoder.mask_ratio=0.75,0.9", "decoder.patch_size=4,8", *TINY,
                                "decoder.epochs=1", "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1",
-                               f"hydra.sweep.dir={sweep}"], cache_dir)
+                               "eval_after_train=true", "eval.downstream.enabled=false", "eval.plots=false",
+                               "eval.n_test=100", f"hydra.sweep.dir={sweep}"], cache_dir)
     assert r.returncode == 0, r.output[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
     assert len(jobs) == 4
@@ -114,6 +115,14 @@ def test_multirun_gives_each_job_its_own_directory(trained, tmp_path, cache_dir)
         hp = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["hyper_parameters"]
         assert hp["mask_ratio"] == cfg["decoder"]["mask_ratio"] and hp["model"]["patch_size"] == cfg["decoder"]["patch_size"]
     assert seen == {(0.75, 4), (0.75, 8), (0.9, 4), (0.9, 8)}
+    for job in jobs:  # each job evaluated itself into its own directory
+        assert 0 <= json.loads((job / "results.json").read_text())["auroc"] <= 1
+    # evaluate.py over the multirun directory: one table over all jobs
+    r = run_entry("evaluate.py", [f"run={sweep}", f"hydra.run.dir={tmp_path}/agg", "logger=csv"], cache_dir)
+    assert r.returncode == 0, r.output[-3000:]
+    agg = json.loads((tmp_path / "agg" / "results.json").read_text())
+    assert agg["n_jobs"] == 4 and agg["n_failed"] == 0 and len(agg["aggregate"]) == 4
+    assert (tmp_path / "agg" / "auroc_vs_mask_ratio.png").is_file()
 
 
 def test_two_process_ddp_on_cpu(trained, tmp_path, cache_dir):

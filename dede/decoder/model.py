@@ -108,12 +108,25 @@ class DeDeModel(nn.Module):
 
     @torch.no_grad()
     def score(self, images: torch.Tensor, victim_emb: torch.Tensor, mask_ratio: float,
-              generator: torch.Generator | None = None, n_masks: int = 1) -> torch.Tensor:
-        """DeDe score of a batch: summed squared error between input and reconstruction
-        (averaged over ``n_masks`` random masks). High = likely triggered."""
+              generator: torch.Generator | None = None, n_masks: int = 1, rule: str = "sse") -> torch.Tensor:
+        """DeDe score of a batch (high = likely triggered), averaged over ``n_masks`` random masks.
+
+        ``sse`` (the paper): summed squared error over the masked patches.
+        ``patch_top``: mean squared error of the worst 10 % of masked patches, which weighs a
+        local trigger (a patch) more than a global colour shift.
+        """
+        if rule not in SCORE_RULES:
+            raise ValueError(f"unknown score rule {rule!r}; known: {SCORE_RULES}")
         total = torch.zeros(images.shape[0], device=images.device)
         for _ in range(n_masks):
             pred, mask = self(images, victim_emb, mask_ratio, generator)
-            err = (pred.float().clamp(0, 1) - self.patchify(images).float()).pow(2).sum(-1)
-            total += (err * mask).sum(-1)
+            err = (pred.float().clamp(0, 1) - self.patchify(images).float()).pow(2).sum(-1) * mask
+            if rule == "sse":
+                total += err.sum(-1)
+            else:
+                k = max(1, int(round(0.1 * self.num_patches)))
+                total += err.topk(k, dim=-1).values.mean(-1)
         return total / n_masks
+
+
+SCORE_RULES = ("sse", "patch_top")

@@ -14,11 +14,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dede.decoder import DeDeModule
-from dede.detect import (apply_threshold, dede_scores, detection_metrics, median_threshold, quantile_threshold,
+from dede.detect import (apply_threshold, auroc, dede_scores, detection_metrics, median_threshold, quantile_threshold,
                          reconstructions, roc_curve)
+from dede.detect.compare import DetectorScores, compare_detectors, model_level_checks, resolve_detectors
 from dede.downstream import downstream_metrics, train_classifier
 from dede.pipeline.common import aux_split, instantiate_list, route_lightning_logs
 from dede.report import plots
+from dede.report.aggregate import evaluate_multirun, is_multirun
 from dede.report.results import write_results
 from dede.victims import CheckpointError, build_victim, load_victim_checkpoint
 from dede.victims.factory import home_split
@@ -65,21 +67,30 @@ def _device(name: str) -> torch.device:
 
 def _timed_scores(model, victim, images, ratio, e, seed) -> tuple[torch.Tensor, float]:
     t0 = time.perf_counter()
-    s = dede_scores(model, victim, images, ratio, e.batch_size, seed, e.n_masks)
+    s = dede_scores(model, victim, images, ratio, e.batch_size, seed, e.n_masks, rule=e.score_rule)
     return s, len(images) / max(time.perf_counter() - t0, 1e-9)
 
 
 def run_evaluate(cfg: DictConfig) -> dict:
+    """evaluate.py: evaluate ``cfg.run`` into this job's own run directory."""
     route_lightning_logs()
     run = Path(cfg.run).expanduser().resolve()
-    tcfg = load_run_config(run)
-    e = cfg.eval
     out = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else run
+    if run.is_dir() and is_multirun(run):
+        return evaluate_multirun(run, out, lambda job, job_out: evaluate_run(job, cfg.eval, job_out, None,
+                                                                             cfg.detectors))
+    return evaluate_run(run, cfg.eval, out, cfg, cfg.detectors)
+
+
+def evaluate_run(run: Path, e: DictConfig, out: Path, cfg: DictConfig | None = None,
+                 detectors=("dede",)) -> dict:
+    """Evaluate the train run in ``run`` with eval settings ``e``; write the report to ``out``.
+    ``cfg`` (optional) supplies the loggers to send the results to; ``detectors`` names the
+    detectors to compare (``"all"``: every sample-level detector)."""
+    tcfg = load_run_config(run)
     out.mkdir(parents=True, exist_ok=True)
-    with open_dict(cfg):
-        cfg.attack, cfg.data = tcfg.attack, tcfg.data
     device = _device(e.device)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    L.seed_everything(int(e.seed), workers=True, verbose=False)
 
     vinfo = json.loads((run / "victim.json").read_text())
     victim, full = build_victim(**OmegaConf.to_container(tcfg.attack.victim, resolve=True))
@@ -110,54 +121,82 @@ def run_evaluate(cfg: DictConfig) -> dict:
            "n_clean": len(test), "n_triggered": len(trig), "n_calibration": len(aux_val),
            "calibration_poisoned": int(aux_val.poisoned.sum()),
            "attack": tcfg.attack.name, "aux_data": tcfg.data.name, "run": str(run), "test_mask_ratio": ratio,
+           "train_mask_ratio": float(tcfg.decoder.mask_ratio), "patch_size": int(tcfg.decoder.patch_size),
            "scoring_images_per_second": ips,
            "score_mean": {"clean": float(s_clean.mean()), "triggered": float(s_trig.mean())}}
 
-    if e.downstream.enabled:
-        res.update(_downstream(tcfg, e, victim, model, ratio, test, trig, target, thr_value, s_clean, s_trig, device))
+    ds = _Downstream(tcfg, e, victim, test, trig, target, device) if e.downstream.enabled else None
+    s_train = None
+    if ds is not None:
+        s_train = dede_scores(model, victim, ds.train.images, ratio, e.batch_size, e.seed + 3, e.n_masks,
+                              rule=e.score_rule)
+        before = ds.run()
+        after = ds.run(s_train <= thr_value, s_clean <= thr_value, s_trig <= thr_value)
+        log.info("downstream before: %s, after filtering: %s", before, after)
+        res.update({"clean_accuracy": before["clean_accuracy"], "asr": before["asr"],
+                    "clean_accuracy_defended": after["clean_accuracy"], "asr_defended": after["asr"],
+                    "downstream_train_flagged": float((s_train > thr_value).double().mean())})
     else:
         res.update({k: float("nan") for k in ["clean_accuracy", "asr", "clean_accuracy_defended", "asr_defended"]})
 
+    names = resolve_detectors(detectors)
+    roc_scores = {"DeDe": (s_clean, s_trig)}
+    if names != ["dede"]:
+        dede_row = DetectorScores("dede", s_clean, s_trig, s_cal, s_train, ips)
+        table, roc_scores = compare_detectors(names, dede_row, model, victim, ratio, e, tcfg, test, trig, aux_val,
+                                              ds)
+        res["detectors"] = table
+    if e.get("model_level") and e.model_level.get("enabled"):
+        res["model_level"] = model_level_checks(victim, tcfg, e, model, ratio)
+
     if e.plots:
-        res["plots"] = _plots(out, model, victim, ratio, test, trig, s_clean, s_trig, det, thr_value, tcfg, e)
+        res["plots"] = _plots(out, model, victim, ratio, test, trig, s_clean, s_trig, det, thr_value, tcfg, e,
+                              roc_scores)
     res["config"] = {"train": OmegaConf.to_container(tcfg, resolve=True),
-                     "eval": OmegaConf.to_container(cfg.eval, resolve=True)}
+                     "eval": OmegaConf.to_container(e, resolve=True), "detectors": names}
     write_results(out, res)
-    _log(cfg, res)
+    if cfg is not None:
+        _log(cfg, tcfg, res)
     log.info("results written to %s", out / "results.json")
     return res
 
 
-def _downstream(tcfg, e, victim, model, ratio, test, trig, target, thr_value, s_clean, s_trig, device) -> dict:
-    d = e.downstream
-    train = home_split(tcfg, "train")
-    if d.n_train:
-        train = train.subset(torch.arange(min(int(d.n_train), len(train))))
-    feats = {k: victim.embed(s.float_images()).cpu() for k, s in
-             {"train": train, "test": test, "trig": trig}.items()}
-    s_train = dede_scores(model, victim, train.images, ratio, e.batch_size, e.seed + 3, e.n_masks)
-    n_classes = int(max(train.labels.max(), test.labels.max()) + 1)
-    kw = dict(epochs=int(d.epochs), batch_size=int(d.batch_size), lr=float(d.lr), hidden=tuple(d.hidden),
-              dropout=float(d.dropout), seed=int(e.seed), accelerator="gpu" if device.type == "cuda" else "cpu")
-    args = (train_classifier, feats["train"], train.labels, feats["test"], test.labels, feats["trig"], target, n_classes)
-    before = downstream_metrics(*args, **kw)
-    after = downstream_metrics(*args, train_keep=s_train <= thr_value, test_keep=s_clean <= thr_value,
-                               trig_keep=s_trig <= thr_value, **kw)
-    log.info("downstream before: %s, after filtering: %s", before, after)
-    return {"clean_accuracy": before["clean_accuracy"], "asr": before["asr"],
-            "clean_accuracy_defended": after["clean_accuracy"], "asr_defended": after["asr"],
-            "downstream_train_flagged": float((s_train > thr_value).double().mean())}
+class _Downstream:
+    """The downstream protocol on the victim's home data: features computed once, one MLP
+    trained per call (before filtering, and once per detector after filtering)."""
+
+    def __init__(self, tcfg, e, victim, test, trig, target, device) -> None:
+        d = e.downstream
+        train = home_split(tcfg, "train")
+        if d.n_train:
+            train = train.subset(torch.arange(min(int(d.n_train), len(train))))
+        self.train = train
+        self.feats = {k: victim.embed(s.float_images()).cpu() for k, s in
+                      {"train": train, "test": test, "trig": trig}.items()}
+        n_classes = int(max(train.labels.max(), test.labels.max()) + 1)
+        self.kw = dict(epochs=int(d.epochs), batch_size=int(d.batch_size), lr=float(d.lr), hidden=tuple(d.hidden),
+                       dropout=float(d.dropout), seed=int(e.seed),
+                       accelerator="gpu" if device.type == "cuda" else "cpu")
+        self.args = (train_classifier, self.feats["train"], train.labels, self.feats["test"], test.labels,
+                     self.feats["trig"], target, n_classes)
+
+    def run(self, train_keep=None, test_keep=None, trig_keep=None) -> dict:
+        return downstream_metrics(*self.args, train_keep=train_keep, test_keep=test_keep, trig_keep=trig_keep,
+                                  **self.kw)
 
 
-def _plots(out, model, victim, ratio, test, trig, s_clean, s_trig, det, thr_value, tcfg, e) -> dict:
+def _plots(out, model, victim, ratio, test, trig, s_clean, s_trig, det, thr_value, tcfg, e, roc_scores) -> dict:
     title = f"{tcfg.attack.name} / {tcfg.data.name}"
-    fpr, tpr = roc_curve(s_clean, s_trig)
+    curves = {}
+    for name, (c, t) in roc_scores.items():
+        fpr, tpr = roc_curve(c, t)
+        curves[name] = (fpr, tpr, auroc(c, t))
     n = int(e.n_recon)
     idx = torch.nonzero(test.labels != int(tcfg.attack.target))[:n, 0]
     clean_imgs = test.subset(idx).float_images()
     trig_imgs = trig.float_images()[:n]
     return {
-        "roc": plots.plot_roc({"DeDe": (fpr, tpr, det["auroc"])}, out / "roc.png", title),
+        "roc": plots.plot_roc(curves, out / "roc.png", title),
         "histogram": plots.plot_histogram(s_clean, s_trig, thr_value, out / "score_hist.png", title),
         "reconstructions": plots.plot_reconstructions({
             "clean": clean_imgs, "clean recon": reconstructions(model, victim, clean_imgs, ratio),
@@ -166,8 +205,12 @@ def _plots(out, model, victim, ratio, test, trig, s_clean, s_trig, det, thr_valu
     }
 
 
-def _log(cfg: DictConfig, res: dict) -> None:
-    loggers = instantiate_list(cfg.get("logger"))
+def _log(cfg: DictConfig, tcfg: DictConfig, res: dict) -> None:
+    if not cfg.get("logger"):
+        return
+    with open_dict(cfg):  # the logger configs name the run after the train run's attack and data
+        cfg.attack, cfg.data = tcfg.attack, tcfg.data
+    loggers = instantiate_list(cfg.logger)
     flat = {f"eval/{k}": v for k, v in res.items() if isinstance(v, float)}
     for lg in loggers:
         lg.log_metrics(flat)

@@ -77,6 +77,13 @@ def run_train(cfg: DictConfig) -> dict:
         trainer.fit(module, dm, ckpt_path=ckpt)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     log.info("decoder training done: %s", metrics)
+    if cfg.get("eval_after_train") and trainer.is_global_zero:
+        from dede.pipeline.evaluate import evaluate_run
+
+        res = evaluate_run(out, cfg.eval, out, None)
+        metrics.update({f"eval/{k}": v for k, v in res.items() if isinstance(v, float)})
+        for lg in loggers:
+            lg.log_metrics({f"eval/{k}": v for k, v in res.items() if isinstance(v, float)})
     return metrics
 
 

@@ -16,7 +16,7 @@ def show(path: str) -> None:
     for k in MAIN_KEYS:
         table.add_column(k, justify="right")
     table.add_row(*(f"{res[k]:.4f}" for k in MAIN_KEYS))
-    console = Console()
+    console = Console(width=max(120, Console().width))
     console.print(table)
     thr = res["threshold"]
     console.print(f"threshold {thr['rule']} = {thr['value']:.3f}: TPR {thr['tpr']:.3f}, FPR {thr['fpr']:.3f} "

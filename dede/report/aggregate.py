@@ -1,0 +1,128 @@
+"""One table over the jobs of a Hydra multirun: ``python evaluate.py run=<multirun dir>``.
+
+Each job is evaluated (or its own ``results.json`` reused when the job evaluated itself),
+jobs that differ only in ``seed`` are grouped, and every metric is reported as mean and
+standard deviation over the seeds. A job that failed is listed with its error; the others
+still count.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+
+from dede.pipeline.common import write_json_atomic, write_text_atomic
+from dede.report.results import MAIN_KEYS, markdown_table
+
+log = logging.getLogger(__name__)
+
+
+def is_multirun(path: Path) -> bool:
+    return (path / "multirun.yaml").is_file() or (
+        not (path / "resolved_config.yaml").is_file() and any(job_dirs(path)))
+
+
+def job_dirs(path: Path) -> list[Path]:
+    return sorted((p for p in path.iterdir() if (p / ".hydra").is_dir()), key=lambda p: (len(p.name), p.name))
+
+
+def job_overrides(job: Path) -> list[str]:
+    f = job / ".hydra" / "overrides.yaml"
+    return [str(o) for o in yaml.safe_load(f.read_text())] if f.is_file() else []
+
+
+def _group_key(overrides: list[str]) -> str:
+    keep = [o for o in overrides if not o.lstrip("+~").startswith("seed=")]
+    return ",".join(sorted(keep)) or "(defaults)"
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    vals = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
+    if not vals:
+        return float("nan"), float("nan")
+    m = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return m, sd
+
+
+def aggregate(jobs: list[dict], keys: list[str] = MAIN_KEYS) -> list[dict]:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for j in jobs:
+        if "results" in j:
+            groups[_group_key(j["overrides"])].append(j["results"])
+    rows = []
+    for name, results in groups.items():
+        row = {"setting": name, "n_seeds": len(results)}
+        for k in keys:
+            row[k], row[f"{k}_std"] = _mean_std([r.get(k, float("nan")) for r in results])
+        rows.append(row)
+    return rows
+
+
+def evaluate_multirun(path: Path, out: Path, evaluate_job) -> dict:
+    """``evaluate_job(job_dir, out_dir) -> results dict`` evaluates one job."""
+    jobs = []
+    for job in job_dirs(path):
+        entry = {"job": job.name, "dir": str(job), "overrides": job_overrides(job)}
+        try:
+            own = job / "results.json"
+            if own.is_file():
+                import json
+
+                res = json.loads(own.read_text())
+            else:
+                res = evaluate_job(job, out / "jobs" / job.name)
+            entry["results"] = {k: v for k, v in res.items() if k not in ("config", "plots")}
+        except Exception as exc:  # noqa: BLE001 - one failed job must not lose the others
+            log.error("job %s could not be evaluated: %s", job.name, exc)
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+        jobs.append(entry)
+    rows = aggregate(jobs)
+    report = {"multirun": str(path), "n_jobs": len(jobs), "n_failed": sum("error" in j for j in jobs),
+              "aggregate": rows, "jobs": jobs}
+    plot = _auroc_vs_mask_ratio(jobs, out)
+    if plot:
+        report["plots"] = {"auroc_vs_mask_ratio": plot}
+    write_json_atomic(out / "results.json", report)
+    cols = ["setting", "n_seeds"] + [c for k in MAIN_KEYS for c in (k, f"{k}_std")]
+    md = [f"# Multirun {path}", "", f"{len(jobs)} jobs, {report['n_failed']} failed; mean and std over seeds.", "",
+          markdown_table(rows, cols), ""]
+    md += [f"- job {j['job']} failed: {j['error']}" for j in jobs if "error" in j]
+    if plot:
+        md += ["", f"![AUROC vs mask ratio]({Path(plot).name})"]
+    write_text_atomic(out / "results.md", "\n".join(md) + "\n")
+    return report
+
+
+def _auroc_vs_mask_ratio(jobs: list[dict], out: Path) -> str | None:
+    """AUROC against the train-time mask ratio, one line per other setting (e.g. patch size)."""
+    points: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for j in jobs:
+        r = j.get("results")
+        if not r:
+            continue
+        ratio = r.get("train_mask_ratio")
+        rest = [o for o in j["overrides"] if not o.startswith(("decoder.mask_ratio=", "seed="))]
+        if ratio is not None:
+            points[",".join(sorted(rest)) or "default"][float(ratio)].append(r["auroc"])
+    if not points or all(len(v) < 2 for v in points.values()):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for label, by_ratio in sorted(points.items()):
+        xs = sorted(by_ratio)
+        ax.plot(xs, [_mean_std(by_ratio[x])[0] for x in xs], marker="o", label=label)
+    ax.set(xlabel="train-time mask ratio", ylabel="AUROC", title="DeDe AUROC vs mask ratio")
+    ax.legend(fontsize=7)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "auroc_vs_mask_ratio.png"
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return str(path)

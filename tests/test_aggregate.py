@@ -1,0 +1,52 @@
+import json
+import math
+
+import yaml
+
+from dede.report.aggregate import aggregate, evaluate_multirun, is_multirun
+
+
+def make_job(root, name, overrides, results=None):
+    job = root / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if results is not None:
+        (job / "results.json").write_text(json.dumps(results))
+    return job
+
+
+def res(auroc, asr=0.5, ratio=0.9):
+    return {"auroc": auroc, "auprc": auroc, "tpr_at_fpr_05": auroc, "clean_accuracy": 0.9, "asr": asr,
+            "clean_accuracy_defended": 0.9, "asr_defended": 0.1, "train_mask_ratio": ratio}
+
+
+def test_mean_and_std_over_seeds_and_failed_jobs_kept(tmp_path):
+    sweep = tmp_path / "sweep"
+    make_job(sweep, "0", ["decoder.mask_ratio=0.75", "seed=1"], res(0.8, ratio=0.75))
+    make_job(sweep, "1", ["decoder.mask_ratio=0.75", "seed=2"], res(0.9, ratio=0.75))
+    make_job(sweep, "2", ["decoder.mask_ratio=0.9", "seed=1"], res(0.95))
+    make_job(sweep, "3", ["decoder.mask_ratio=0.9", "seed=2"], res(0.97))
+    make_job(sweep, "10", ["decoder.mask_ratio=0.9", "seed=3"])  # failed: nothing to evaluate
+    (sweep / "multirun.yaml").write_text("{}")
+    assert is_multirun(sweep)
+
+    def evaluate_job(job, out):
+        raise FileNotFoundError(f"{job}/checkpoints/last.ckpt is missing")
+
+    report = evaluate_multirun(sweep, tmp_path / "out", evaluate_job)
+    assert report["n_jobs"] == 5 and report["n_failed"] == 1
+    rows = {r["setting"]: r for r in report["aggregate"]}
+    a, b = rows["decoder.mask_ratio=0.75"], rows["decoder.mask_ratio=0.9"]
+    assert a["n_seeds"] == 2 and math.isclose(a["auroc"], 0.85) and math.isclose(a["auroc_std"], math.sqrt(0.005))
+    assert b["n_seeds"] == 2 and math.isclose(b["auroc"], 0.96)
+    assert [j["job"] for j in report["jobs"]] == ["0", "1", "2", "3", "10"]
+    assert "last.ckpt is missing" in report["jobs"][-1]["error"]
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["aggregate"] == report["aggregate"]
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "0.8500" in md and "job 10 failed" in md
+
+
+def test_aggregate_single_seed_has_zero_std():
+    rows = aggregate([{"overrides": ["attack=clean"], "results": res(0.5)}])
+    assert rows[0]["auroc"] == 0.5 and rows[0]["auroc_std"] == 0.0
