@@ -50,3 +50,20 @@ def test_mean_and_std_over_seeds_and_failed_jobs_kept(tmp_path):
 def test_aggregate_single_seed_has_zero_std():
     rows = aggregate([{"overrides": ["attack=clean"], "results": res(0.5)}])
     assert rows[0]["auroc"] == 0.5 and rows[0]["auroc_std"] == 0.0
+
+
+def test_all_jobs_failing_is_an_error_and_output_dir_is_skipped(tmp_path):
+    import pytest
+
+    sweep = tmp_path / "sweep"
+    make_job(sweep, "0", ["seed=1"])
+    (sweep / "multirun.yaml").write_text("{}")
+    out = sweep / "eval"
+    (out / ".hydra").mkdir(parents=True)  # evaluate.py's own run dir inside the sweep is no job
+
+    def evaluate_job(job, out_dir):
+        raise FileNotFoundError("no checkpoint")
+
+    with pytest.raises(RuntimeError, match="no job of the multirun"):
+        evaluate_multirun(sweep, out, evaluate_job)
+    assert not is_multirun(tmp_path / "nothing") if (tmp_path / "nothing").mkdir() is None else True

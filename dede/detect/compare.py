@@ -91,7 +91,7 @@ def resolve_detectors(names) -> list[str]:
 
 def compare_detectors(names, dede_row: DetectorScores, model, victim, ratio, e, tcfg, test, trig, aux_val, ds):
     """The comparison table (name -> row) and the scores for the joint ROC figure."""
-    from dede.detect.baselines import SAMPLE_DETECTORS
+    from dede.detect.outliers import SAMPLE_DETECTORS
     from dede.detect.scoring import dede_scores
     from dede.pipeline.common import aux_split
 
@@ -134,7 +134,7 @@ def model_level_checks(victim, tcfg, e, model, ratio) -> dict:
     """DECREE trigger inversion on the victim (model level) and ASSET-style offset scores on
     the suspect auxiliary set (poisoned vs clean training samples), next to DeDe's AUROC on
     the same auxiliary samples."""
-    from dede.detect.baselines import asset_offset_scores, decree_inversion
+    from dede.detect.model_level import asset_offset_scores, decree_inversion
     from dede.detect.metrics import auroc
     from dede.detect.scoring import dede_scores
     from dede.pipeline.common import aux_split
@@ -153,7 +153,7 @@ def model_level_checks(victim, tcfg, e, model, ratio) -> dict:
     if aux_train.poisoned.any() and (~aux_train.poisoned).any():
         base = clean_val.subset(torch.randperm(len(clean_val), generator=g)[: int(m.asset_base)])
         base_emb, sus_emb = victim.embed(base.float_images()), victim.embed(aux_train.float_images())
-        asset = asset_offset_scores(base_emb, sus_emb, seed=int(e.seed)).cpu()
+        asset = asset_offset_scores(base_emb, sus_emb).cpu()
         dede_aux = dede_scores(model, victim, aux_train.images, ratio, e.batch_size, e.seed + 4, e.n_masks,
                                rule=e.score_rule)
         poisoned = aux_train.poisoned

@@ -21,8 +21,10 @@ log = logging.getLogger(__name__)
 
 
 def is_multirun(path: Path) -> bool:
-    return (path / "multirun.yaml").is_file() or (
-        not (path / "resolved_config.yaml").is_file() and any(job_dirs(path)))
+    """A Hydra sweep directory: it has ``multirun.yaml``, or train runs as sub-directories."""
+    if (path / "resolved_config.yaml").is_file():
+        return False
+    return (path / "multirun.yaml").is_file() or any((j / "resolved_config.yaml").is_file() for j in job_dirs(path))
 
 
 def job_dirs(path: Path) -> list[Path]:
@@ -65,7 +67,11 @@ def aggregate(jobs: list[dict], keys: list[str] = MAIN_KEYS) -> list[dict]:
 def evaluate_multirun(path: Path, out: Path, evaluate_job) -> dict:
     """``evaluate_job(job_dir, out_dir) -> results dict`` evaluates one job."""
     jobs = []
+    out_r = out.resolve()
     for job in job_dirs(path):
+        if job.resolve() == out_r or job.resolve() in out_r.parents:
+            continue  # evaluate.py's own output directory placed inside the sweep
+
         entry = {"job": job.name, "dir": str(job), "overrides": job_overrides(job)}
         try:
             own = job / "results.json"
@@ -80,6 +86,9 @@ def evaluate_multirun(path: Path, out: Path, evaluate_job) -> dict:
             log.error("job %s could not be evaluated: %s", job.name, exc)
             entry["error"] = f"{type(exc).__name__}: {exc}"
         jobs.append(entry)
+    if jobs and all("error" in j for j in jobs):
+        raise RuntimeError(f"no job of the multirun {path} could be evaluated: " +
+                           "; ".join(f"{j['job']}: {j['error']}" for j in jobs))
     rows = aggregate(jobs)
     report = {"multirun": str(path), "n_jobs": len(jobs), "n_failed": sum("error" in j for j in jobs),
               "aggregate": rows, "jobs": jobs}

@@ -5,6 +5,8 @@ from pathlib import Path
 
 from dede.pipeline.common import write_json_atomic, write_text_atomic
 
+DETECTOR_KEYS = ["auroc", "auprc", "tpr_at_fpr_05", "images_per_second", "flag_rate_clean", "clean_accuracy_defended",
+                 "asr_defended"]
 MAIN_KEYS = ["auroc", "auprc", "tpr_at_fpr_05", "clean_accuracy", "asr", "clean_accuracy_defended", "asr_defended"]
 
 
@@ -26,6 +28,27 @@ def results_markdown(res: dict) -> str:
            markdown_table([thr] + res.get("other_thresholds", []), ["rule", "value", "tpr", "fpr"]), "",
            f"The `{thr['rule']}` threshold is calibrated on held-out auxiliary images only (no triggered test data); "
            "`median` is the original code's rule over the 1:1 test mix, shown for comparison.", ""]
+    if res.get("detectors"):
+        cols = ["detector"] + DETECTOR_KEYS
+        rows = [{"detector": k, **v} for k, v in res["detectors"].items()]
+        out += ["## Detector comparison", "", "Every detector is calibrated on held-out auxiliary images "
+                "(same quantile); downstream CA / ASR after filtering use that threshold.", "",
+                markdown_table(rows, cols), ""]
+    ml = res.get("model_level")
+    if ml:
+        out += ["## Model-level and training-set checks", ""]
+        d = ml.get("decree")
+        if d:
+            out.append(f"- DECREE trigger inversion: mask L1 norm {d['mask_l1_norm']:.4f} at similarity "
+                       f"{d['similarity']:.3f}; verdict: {'backdoored' if d['backdoored'] else 'clean'} "
+                       f"(threshold {d['threshold']})")
+        a = ml.get("asset", {})
+        if "auroc" in a:
+            out.append(f"- ASSET-style offsets on the auxiliary set ({a['n_poisoned']} poisoned of {a['n_suspect']}): "
+                       f"AUROC {a['auroc']:.4f}; DeDe on the same samples: {a['dede_auroc']:.4f}")
+        elif a:
+            out.append(f"- ASSET-style offsets: {a.get('skipped')}")
+        out.append("")
     if res.get("plots"):
         out += ["## Plots", ""] + [f"![{k}]({Path(v).name})" for k, v in res["plots"].items()] + [""]
     return "\n".join(out)

@@ -1,0 +1,106 @@
+"""Model-level and training-set baselines: DECREE trigger inversion and ASSET-style offsets."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def mean_pairwise_cosine(z: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity over the off-diagonal pairs of a batch of embeddings."""
+    z = F.normalize(z.float(), dim=1)
+    n = z.shape[0]
+    sim = z @ z.T
+    return (sim.sum() - sim.diagonal().sum()) / (n * (n - 1))
+
+
+@dataclass
+class InvertedTrigger:
+    mask: torch.Tensor  # (1, 1, H, W) in [0, 1]
+    pattern: torch.Tensor  # (1, 3, H, W) in [0, 1]
+    mask_l1_norm: float  # mean of the mask: the share of the image the trigger needs
+    similarity: float  # mean pairwise cosine of the triggered embeddings
+    steps: int
+
+    def verdict(self, threshold: float = 0.1) -> bool:
+        """Backdoored when a small trigger (normalised L1 norm below ``threshold``) suffices to
+        collapse the embeddings (DECREE's decision rule)."""
+        return self.mask_l1_norm < threshold
+
+
+def decree_inversion(victim: nn.Module, clean_images: torch.Tensor, steps: int = 100, lr: float = 0.1,
+                     lam: float = 1.0, target_similarity: float = 0.95, seed: int = 0) -> InvertedTrigger:
+    """DECREE (CVPR 2023): search for the smallest trigger that makes the encoder map all
+    triggered images to (nearly) one embedding.
+
+    ``x' = (1 - m) * x + m * p`` with ``m = (tanh(a) + 1) / 2`` (1 x H x W) and ``p = (tanh(b) + 1) / 2``;
+    minimise ``-mean pairwise cos(f(x')) + lam * mean(m)``. ``lam`` adapts as in DECREE: multiplied
+    by 1.5 while the similarity target is met (shrink the mask further), divided by 1.5 otherwise.
+    The victim stays frozen. Returns the smallest mask that reached the target (or the last one).
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = clean_images.float()
+    dev = x.device
+    _, _, h, w = x.shape
+    a = (torch.randn(1, 1, h, w, generator=g) * 0.1).to(dev).requires_grad_(True)
+    b = (torch.randn(1, 3, h, w, generator=g) * 0.1).to(dev).requires_grad_(True)
+    opt = torch.optim.Adam([a, b], lr=lr)
+    was_training = victim.training
+    victim.eval()
+    params = list(victim.parameters())
+    req = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    best = None
+    try:
+        for step in range(steps):
+            m, p = (torch.tanh(a) + 1) / 2, (torch.tanh(b) + 1) / 2
+            sim = mean_pairwise_cosine(victim((1 - m) * x + m * p))
+            norm = m.mean()
+            loss = -sim + lam * norm
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            s, n = float(sim.detach()), float(norm.detach())
+            if s >= target_similarity:
+                lam *= 1.5
+                if best is None or n < best[0]:
+                    best = (n, s, m.detach().clone(), p.detach().clone(), step + 1)
+            else:
+                lam /= 1.5
+        if best is None:
+            m, p = (torch.tanh(a) + 1) / 2, (torch.tanh(b) + 1) / 2
+            with torch.no_grad():
+                s = float(mean_pairwise_cosine(victim((1 - m) * x + m * p)))
+            best = (float(m.mean()), s, m.detach(), p.detach(), steps)
+    finally:
+        for p_, r in zip(params, req):
+            p_.requires_grad_(r)
+        victim.train(was_training)
+    n, s, m, p, st = best
+    return InvertedTrigger(m.cpu(), p.cpu(), n, s, st)
+
+
+def asset_offset_scores(base: torch.Tensor, suspect: torch.Tensor, n_directions: int = 4,
+                        ridge: float = 1e-3) -> torch.Tensor:
+    """ASSET-style offset scores of suspect samples (higher = more likely poisoned).
+
+    ASSET (USENIX Security 2023) contrasts a small clean base set with the suspect training set:
+    a head is optimised to keep the loss low on the base set while pushing it up on the suspect
+    set, and poisoned samples stand out by their loss under that head. Adapted here to a frozen
+    encoder's embeddings, the head is a linear projection ``W`` that maximises
+    ``E_suspect ||W (z - mu_base)||^2 - E_base ||W (z - mu_base)||^2`` under ``W W^T = I``; its
+    exact optimum is the top eigenvectors of ``Sigma_suspect - Sigma_base`` (second moments about
+    the base mean), i.e. the directions in which only the suspect set varies, where a poisoned
+    cluster lives. Score = the sample's energy in those directions.
+    """
+    base, suspect = base.double(), suspect.double().to(base.device)
+    mu = base.mean(0)
+    zb, zs = base - mu, suspect - mu
+    diff = zs.T @ zs / len(zs) - zb.T @ zb / len(zb)
+    diff = diff + ridge * diff.diagonal().abs().mean() * torch.eye(diff.shape[0], dtype=diff.dtype, device=diff.device)
+    vals, vecs = torch.linalg.eigh(diff)
+    top = vecs[:, -max(1, n_directions):]
+    return (zs @ top).pow(2).sum(1).float()
