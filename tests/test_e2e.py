@@ -133,3 +133,48 @@ def test_two_process_ddp_on_cpu(trained, tmp_path, cache_dir):
     assert "distributed_backend=gloo" in r.output or "world_size: 2" in r.output.lower() or "2 processes" in r.output
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2
+
+
+DETECTOR_FIELDS = {"auroc", "auprc", "tpr_at_fpr_05", "images_per_second", "flag_rate_clean",
+                   "clean_accuracy_defended", "asr_defended"}
+
+
+def test_detector_comparison_table(trained, tmp_path, cache_dir):
+    run, _, main = trained
+    out = tmp_path / "cmp"
+    r = run_entry("evaluate.py", [f"run={run}", f"hydra.run.dir={out}", "logger=csv", "detectors=all",
+                                  "eval.downstream.epochs=10", "eval.model_level.enabled=true",
+                                  "eval.model_level.decree_steps=30", "eval.model_level.decree_images=16"], cache_dir)
+    assert r.returncode == 0, r.output[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    table = res["detectors"]
+    assert set(table) == {"dede", "dede_patch_top", "dao", "slof", "knn", "mahalanobis", "feature_norm"}
+    for name, row in table.items():
+        assert DETECTOR_FIELDS <= set(row), name
+        assert 0 <= row["auroc"] <= 1 and row["images_per_second"] > 0
+    assert abs(table["dede"]["auroc"] - main["auroc"]) < 1e-6  # the same scores as the main report
+    assert table["dede"]["auroc"] >= 0.95
+    assert "decree" in res["model_level"] and 0 <= res["model_level"]["decree"]["mask_l1_norm"] <= 1
+    assert res["model_level"]["asset"]["n_poisoned"] > 0 and 0 <= res["model_level"]["asset"]["auroc"] <= 1
+    md = (out / "results.md").read_text()
+    assert "Detector comparison" in md and "slof" in md and "DECREE" in md
+    r = run_entry("evaluate.py", [f"run={run}", f"hydra.run.dir={tmp_path}/bad", "logger=csv", "detectors=[oracle]"],
+                  cache_dir)
+    assert r.returncode != 0 and "unknown detector" in r.output
+
+
+def test_clean_victim_is_not_flagged(trained, tmp_path, cache_dir):
+    """An honest encoder: every detector flags about its nominal 5 % of clean images."""
+    run = tmp_path / "clean"
+    tiny = [o for o in TINY if not o.startswith("attack.make.")]  # a clean victim is not attacked
+    r = run_entry("train.py", tiny + ["attack=clean", f"hydra.run.dir={run}"], cache_dir)
+    assert r.returncode == 0, r.output[-3000:]
+    assert "reusing cached clean victim" in r.output
+    out = tmp_path / "clean_eval"
+    r = run_entry("evaluate.py", [f"run={run}", f"hydra.run.dir={out}", "logger=csv", "detectors=all",
+                                  "eval.downstream.epochs=10"], cache_dir)
+    assert r.returncode == 0, r.output[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["attack"] == "clean" and res["asr"] < 0.3  # no backdoor to speak of
+    for name, row in res["detectors"].items():
+        assert row["flag_rate_clean"] <= 0.15, (name, row["flag_rate_clean"])

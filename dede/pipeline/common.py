@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from dede.data import ImageSet, load_split
-from dede.victims.factory import home_split
+from dede.victims.factory import build_trigger, home_split
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +25,13 @@ def route_lightning_logs() -> None:
         lg.propagate = True
 
 
-def aux_split(cfg: DictConfig) -> ImageSet:
-    """The auxiliary set, poisoned at ``data.poison_rate`` with the attack's trigger."""
+def aux_split(cfg: DictConfig, trigger_file: str | None = None) -> ImageSet:
+    """The auxiliary set, poisoned at ``data.poison_rate`` with the attack's trigger
+    (an optimised trigger made with the victim is read from ``trigger_file``)."""
     d = cfg.data
     aux = load_split(d.name, d.split, d.root, d.download, d.image_size, d.get("n", 0), d.get("seed", 0))
     if d.poison_rate > 0:
-        aux = aux.poison(instantiate(cfg.attack.trigger), float(d.poison_rate), seed=cfg.seed)
+        aux = aux.poison(build_trigger(cfg, trigger_file), float(d.poison_rate), seed=cfg.seed)
     return aux
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dede.decoder import DeDeModule
@@ -23,7 +22,7 @@ from dede.report import plots
 from dede.report.aggregate import evaluate_multirun, is_multirun
 from dede.report.results import write_results
 from dede.victims import CheckpointError, build_victim, load_victim_checkpoint
-from dede.victims.factory import home_split
+from dede.victims.factory import build_trigger, home_split
 
 log = logging.getLogger(__name__)
 RESOLVED = "resolved_config.yaml"
@@ -100,13 +99,13 @@ def evaluate_run(run: Path, e: DictConfig, out: Path, cfg: DictConfig | None = N
     model = module.model
     ratio = float(e.test_mask_ratio if e.test_mask_ratio is not None else tcfg.decoder.test_mask_ratio)
 
-    trigger = instantiate(tcfg.attack.trigger)
+    trigger = build_trigger(tcfg, vinfo.get("trigger_file"))
     target = int(tcfg.attack.target)
     test = home_split(tcfg, "test")
     if e.n_test:
         test = test.subset(torch.arange(min(int(e.n_test), len(test))))
     trig = test.subset(torch.nonzero(test.labels != target)[:, 0]).triggered(trigger)
-    aux_val = aux_split(tcfg).split(float(tcfg.data.val_fraction), tcfg.seed)[1]
+    aux_val = aux_split(tcfg, vinfo.get("trigger_file")).split(float(tcfg.data.val_fraction), tcfg.seed)[1]
 
     s_clean, ips = _timed_scores(model, victim, test.images, ratio, e, e.seed)
     s_trig, _ = _timed_scores(model, victim, trig.images, ratio, e, e.seed + 1)
@@ -219,6 +218,11 @@ def _log(cfg: DictConfig, tcfg: DictConfig, res: dict) -> None:
 
             lg.log_table("eval/results", columns=["attack"] + MAIN_KEYS,
                          data=[[res["attack"]] + [res[k] for k in MAIN_KEYS]])
+            if res.get("detectors"):
+                from dede.report.results import DETECTOR_KEYS
+
+                lg.log_table("eval/detectors", columns=["detector"] + DETECTOR_KEYS,
+                             data=[[name] + [row[k] for k in DETECTOR_KEYS] for name, row in res["detectors"].items()])
             if res.get("plots"):
                 lg.log_image("eval/plots", images=list(res["plots"].values()), caption=list(res["plots"]))
         lg.finalize("success")

@@ -47,9 +47,10 @@ def run_train(cfg: DictConfig) -> dict:
     victim = info.victim
     write_json_atomic(out / "victim.json", {"path": str(Path(info.path).resolve()), "format": info.fmt,
                                             "attack": cfg.attack.name, "embed_dim": victim.embed_dim,
-                                            "made_in_this_run": info.made})
+                                            "made_in_this_run": info.made,
+                                            "trigger_file": info.trigger_file})
 
-    aux = aux_split(cfg)
+    aux = aux_split(cfg, info.trigger_file)
     train_set, val_set = aux.split(float(cfg.data.val_fraction), cfg.seed)
     log.info("auxiliary set %s: %d train (%d poisoned), %d held out", cfg.data.name, len(train_set),
              int(train_set.poisoned.sum()), len(val_set))

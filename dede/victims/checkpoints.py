@@ -2,43 +2,139 @@
 
 Every load uses ``torch.load(..., weights_only=True)`` and strict key checking; a
 mismatch raises `CheckpointError` naming the expected format and the missing and
-unexpected keys, instead of silently leaving layers at their random initialisation.
+unexpected keys, instead of silently leaving layers at their random initialisation, and,
+when the keys look like another known format, says which one.
+
+Formats (`FORMATS`) and the victim architectures they load into (`FORMAT_ARCHS`):
+``badencoder`` (simclr_resnet), ``ctrl`` (ctrl_resnet), ``supervised``
+(supervised_resnet), ``decree_clip`` (image tower of clip_rn50 / clip_small) and
+``badclip`` (whole clip_rn50 / clip_small). `save_checkpoint` writes the full model's own
+keys, which `native_format` names for each arch.
 """
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Mapping
 
 import torch
 from torch import nn
 
-# format name -> (description of the expected layout, key prefix the layout uses)
+# format name -> description of the layout it expects
 FORMATS: dict[str, str] = {
     "badencoder": "BadEncoder/DRUPE SimCLR checkpoint: {'state_dict': ...} with keys 'f.f.*' (encoder) and 'g.*' (head)",
+    "ctrl": "CTRL SimCLR checkpoint: {'epoch', 'state_dict', 'optimizer'} with keys 'backbone.*' (CIFAR ResNet "
+            "with 'shortcut' skips) and 'proj_head.*' (head), optionally prefixed 'module.'",
+    "supervised": "supervised CIFAR ResNet classifier: a state dict, or {'state_dict' | 'model' | 'net': ...}, with "
+                  "keys 'conv1.*', 'bn1.*', 'layer1.*'..'layer4.*' ('shortcut' skips) and 'linear.*', optionally "
+                  "prefixed 'module.'",
+    "decree_clip": "CLIP image tower only (DECREE / BadEncoder CLIP): keys 'conv1.weight', ..., 'attnpool.*', "
+                   "without prefix or all prefixed 'visual.'; loaded into the image tower of a CLIP victim",
+    "badclip": "whole CLIP model (BadCLIP): {'epoch', 'name', 'state_dict', 'optimizer'} with keys 'visual.*', "
+               "'transformer.*', 'token_embedding.weight', 'positional_embedding', 'ln_final.*', "
+               "'text_projection', 'logit_scale', optionally prefixed 'module.'",
 }
+
+# format -> the victim architectures (attack.victim.arch) whose full model it holds
+FORMAT_ARCHS: dict[str, tuple[str, ...]] = {
+    "badencoder": ("simclr_resnet",),
+    "ctrl": ("ctrl_resnet",),
+    "supervised": ("supervised_resnet",),
+    "decree_clip": ("clip_rn50", "clip_small"),
+    "badclip": ("clip_rn50", "clip_small"),
+}
+
+# keys that OpenAI's serialised CLIP carries next to the weights (hyper-parameters, not weights)
+_CLIP_SCALARS = ("input_resolution", "context_length", "vocab_size")
+
+
+def native_format(arch: str) -> str:
+    """The format whose keys are exactly ``full_model.state_dict()`` of ``arch``, i.e. the
+    one `save_checkpoint` writes for it and that reads such a checkpoint back."""
+    for fmt in ("badencoder", "ctrl", "supervised", "badclip"):
+        if arch in FORMAT_ARCHS[fmt]:
+            return fmt
+    raise ValueError(f"unknown victim arch {arch!r}; known: {sorted(a for v in FORMAT_ARCHS.values() for a in v)}")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable or laid out differently than its format says."""
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any("/code/" in n or n.endswith("/constants.pkl") for n in names)
+
+
+def read_state_dict(path: str | os.PathLike,
+                    wrappers: tuple[str, ...] = ("state_dict",)) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file, read without unpickling arbitrary objects
+    (``weights_only=True``; ``.safetensors`` files with safetensors). A dict that holds the
+    state dict under one of ``wrappers`` (e.g. ``{'epoch', 'state_dict', 'optimizer'}``) is unwrapped."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path} (set attack.checkpoint to an existing file)")
+    if _is_torchscript(path):
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: it is a TorchScript archive (like OpenAI's released CLIP .pt files), "
+            "which is not loaded here; convert it once to a state dict with "
+            "torch.save(torch.jit.load(path, map_location='cpu').state_dict(), out) and give that file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same to the user
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
+    if isinstance(obj, Mapping):
+        for w in wrappers:
+            if w in obj and isinstance(obj[w], Mapping):
+                obj = obj[w]
+                break
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} holds no state dict of tensors (found {type(obj).__name__})")
+        raise CheckpointError(f"{path} holds no state dict of tensors (found {type(obj).__name__}"
+                              + (f" with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, Mapping) else "")
+                              + ")")
     return dict(obj)
 
 
-def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], fmt: str, source: str = "checkpoint") -> None:
+def guess_format(keys) -> str | None:
+    """The known format that a set of state-dict keys looks like, or None."""
+    ks = {str(k).removeprefix("module.") for k in keys}
+    if not ks:
+        return None
+    if any(k.startswith(("f.f.", "g.")) for k in ks):
+        return "badencoder"
+    if any(k.startswith(("backbone.", "proj_head.")) for k in ks):
+        return "ctrl"
+    if "token_embedding.weight" in ks or any(k.startswith("transformer.resblocks.") for k in ks):
+        return "badclip"
+    if all(k.startswith("visual.") for k in ks) or any(k.startswith("attnpool.") for k in ks):
+        return "decree_clip"
+    if "linear.weight" in ks and "conv1.weight" in ks and any(k.startswith("layer1.") for k in ks):
+        return "supervised"
+    return None
+
+
+def _format_hint(fmt: str, keys) -> str | None:
+    guess = guess_format(keys)
+    if guess is None or guess == fmt:
+        return None
+    return (f"these keys look like the '{guess}' format ({FORMATS[guess]}); set "
+            f"attack.checkpoint_format={guess} (with attack.victim.arch={' or '.join(FORMAT_ARCHS[guess])})")
+
+
+def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], fmt: str, source: str = "checkpoint",
+                hint: str | None = None) -> None:
     """``model.load_state_dict(state, strict=True)`` with an error message a user can act on."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
@@ -55,23 +151,59 @@ def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], fmt: str, s
         if shape:
             parts.append("shape mismatch: " + ", ".join(
                 f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shape[:5]))
-        parts.append("Check attack.checkpoint_format and the victim architecture (attack.victim.width/blocks).")
+            if any(k.startswith("linear.") for k in shape):
+                parts.append("the classifier differs: check attack.victim.num_classes")
+        if hint:
+            parts.append(hint)
+        archs = " or ".join(FORMAT_ARCHS.get(fmt, ()))
+        parts.append("Check attack.checkpoint_format" + (f" (this format is for attack.victim.arch={archs})"
+                                                          if archs else "")
+                     + " and the victim architecture (attack.victim.width/blocks).")
         raise CheckpointError("\n  ".join(parts))
     model.load_state_dict(state, strict=True)
 
 
+def _strip_module(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the ``module.`` prefix that (Distributed)DataParallel puts on every key."""
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
 def load_victim_checkpoint(path: str | os.PathLike, fmt: str, full_model: nn.Module) -> None:
-    """Load ``path`` (written in format ``fmt``) into ``full_model`` in place."""
+    """Load ``path`` (written in format ``fmt``, see `FORMATS`) into ``full_model`` in place.
+
+    ``full_model`` is the second value of `build_victim` for an arch of the format
+    (`FORMAT_ARCHS`); ``decree_clip`` loads only its image tower ``full_model.visual``."""
     if fmt not in FORMATS:
         raise CheckpointError(f"unknown checkpoint format {fmt!r}; known: {sorted(FORMATS)}")
-    state = read_state_dict(path)
-    if fmt == "badencoder":
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    load_strict(full_model, state, fmt, source=str(path))
+    source = str(path)
+    state = read_state_dict(path, ("state_dict", "model", "net") if fmt == "supervised" else ("state_dict",))
+    raw_keys = list(state)
+    state = _strip_module(state)
+    target = full_model
+    hint = _format_hint(fmt, raw_keys)
+    if fmt == "ctrl":
+        if hint is None and state and all(k.startswith("backbone.") for k in state):
+            hint = ("the checkpoint holds only the backbone (no 'proj_head.*' keys); the 'ctrl' format is the "
+                    "whole SimCLR model as CTRL's training script saves it")
+    elif fmt == "decree_clip":
+        target = getattr(full_model, "visual", None)
+        if not isinstance(target, nn.Module):
+            raise CheckpointError(f"format 'decree_clip' ({FORMATS[fmt]}) loads the image tower of a CLIP "
+                                  f"victim (attack.victim.arch={' or '.join(FORMAT_ARCHS[fmt])}), but this "
+                                  f"victim ({type(full_model).__name__}) has none")
+        if state and all(k.startswith("visual.") for k in state):
+            state = {k.removeprefix("visual."): v for k, v in state.items()}
+    elif fmt == "badclip":
+        state = {k: v for k, v in state.items() if k not in _CLIP_SCALARS}
+    load_strict(target, state, fmt, source=source, hint=hint)
 
 
 def save_checkpoint(full_model: nn.Module, path: str | os.PathLike, **meta: object) -> None:
-    """Write a victim in the BadEncoder layout (``{'epoch', 'state_dict'}``), atomically."""
+    """Write ``{'state_dict': full_model.state_dict(), **meta}`` atomically.
+
+    The keys are the full model's own, so the checkpoint reads back with
+    ``load_victim_checkpoint(path, native_format(arch), full_model)`` for every arch (for
+    SimCLR victims this is exactly the BadEncoder layout)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")

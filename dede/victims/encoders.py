@@ -1,14 +1,30 @@
 """Victim encoder architectures.
 
-`SimCLRNet` reproduces the module layout of the BadEncoder / DRUPE `SimCLR` model so
-that their checkpoints load with strict key checking:
+Each victim family reproduces the module layout of the repository whose checkpoints it
+loads, so that those checkpoints load with strict key checking.
+
+``simclr_resnet`` (BadEncoder / DRUPE): `SimCLRNet`
 
 * ``f.f`` is an ``nn.Sequential``: ``0`` 3x3 stride-1 conv (no bias), ``1`` BatchNorm,
   ``2`` ReLU, ``3``..``6`` the four ResNet stages (torchvision ``BasicBlock`` naming,
   ``downsample.0/1``), ``7`` adaptive average pool;
 * ``g`` is the projection head ``Linear(no bias) -> BN1d -> ReLU -> Linear``.
 
-``width`` and ``blocks`` shrink the same family for CPU runs (width 64, blocks
+``ctrl_resnet`` (CTRL): `CTRLNet`
+
+* ``backbone`` is a CIFAR ResNet (`ShortcutResNet`: ``conv1``, ``bn1``, ``layer1``..
+  ``layer4``) whose blocks call their projection skip ``shortcut.0`` (1x1 conv) /
+  ``shortcut.1`` (BatchNorm); blocks that keep stride and width have no skip weights;
+* ``proj_head`` is ``Linear -> ReLU -> Linear(128)`` (both with bias).
+
+``supervised_resnet`` (supervised CIFAR classifier, ASSET-style): `SupervisedResNet`,
+the same `ShortcutResNet` at the top level plus a ``linear`` classifier; the victim is
+its penultimate (globally pooled) features.
+
+``clip_rn50`` / ``clip_small``: a whole CLIP model (see `dede.victims.clip`); the
+victim is its image tower ``visual``.
+
+``width`` and ``blocks`` shrink the ResNet families for CPU runs (width 64, blocks
 (2, 2, 2, 2) is the original ResNet-18 with a 512-d embedding).
 
 `Victim` wraps a backbone with the victim's own input normalisation: everything
@@ -77,6 +93,106 @@ class SimCLRNet(nn.Module):
         return h, self.g(h)
 
 
+class ShortcutBlock(nn.Module):
+    """Two 3x3 convolutions with a ``shortcut`` skip path (``shortcut.0`` 1x1 conv,
+    ``shortcut.1`` BatchNorm) that has weights only when the block changes stride or width."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()  # identity
+        if stride != 1 or inplanes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+def _shortcut_trunk(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Stem, four stages and global average pool of a module holding ``conv1``, ``bn1``,
+    ``layer1``..``layer4``; returns the flattened penultimate features."""
+    out = torch.relu(m.bn1(m.conv1(x)))
+    out = m.layer4(m.layer3(m.layer2(m.layer1(out))))
+    return torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1)
+
+
+class ShortcutResNet(nn.Module):
+    """CIFAR-style ResNet (3x3 stride-1 stem, no max-pool) with ``shortcut``-named skips:
+    top-level ``conv1``, ``bn1``, ``layer1``..``layer4``; with ``num_classes`` also a
+    ``linear`` classifier on the pooled features.
+
+    The pool is a global average; at 32x32 inputs it equals the fixed 4x4 average pool
+    that CIFAR classifiers of this layout usually apply."""
+
+    def __init__(self, width: int = 64, blocks: Sequence[int] = (2, 2, 2, 2),
+                 num_classes: int | None = None) -> None:
+        super().__init__()
+        if len(blocks) != 4:
+            raise ValueError(f"blocks must list 4 stages, got {list(blocks)}")
+        self.conv1 = nn.Conv2d(3, width, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        inplanes = width
+        for i, (planes, n, s) in enumerate(zip([width, 2 * width, 4 * width, 8 * width], blocks, [1, 2, 2, 2])):
+            stage = [ShortcutBlock(inplanes, planes, s)] + [ShortcutBlock(planes, planes) for _ in range(int(n) - 1)]
+            setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
+            inplanes = planes
+        self.out_dim = inplanes
+        if num_classes is not None:
+            self.linear = nn.Linear(inplanes, int(num_classes))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features (after the global pool, flattened)."""
+        return _shortcut_trunk(self, x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)
+        return self.linear(h) if hasattr(self, "linear") else h
+
+
+class SharedTrunk(nn.Module):
+    """The feature layers of a `ShortcutResNet` classifier, shared (not copied) with it, so
+    that a victim built on them has no unused parameters (the classifier)."""
+
+    def __init__(self, net: ShortcutResNet) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = net.conv1, net.bn1
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.out_dim = net.out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _shortcut_trunk(self, x)
+
+
+class CTRLNet(nn.Module):
+    """``backbone`` (a `ShortcutResNet` without classifier) + ``proj_head``, laid out like
+    CTRL's SimCLR model."""
+
+    def __init__(self, width: int = 64, blocks: Sequence[int] = (2, 2, 2, 2), proj_dim: int = 128) -> None:
+        super().__init__()
+        self.backbone = ShortcutResNet(width, blocks)
+        d = self.backbone.out_dim
+        self.proj_head = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, proj_dim))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.backbone(x)
+        return h, self.proj_head(h)
+
+
+class SupervisedResNet(ShortcutResNet):
+    """A supervised CIFAR ResNet classifier: ``forward`` gives logits, ``features`` the
+    penultimate features, ``linear`` is the classifier."""
+
+    def __init__(self, width: int = 64, blocks: Sequence[int] = (2, 2, 2, 2), num_classes: int = 10) -> None:
+        super().__init__(width, blocks, num_classes=num_classes)
+
+
 class Victim(nn.Module):
     """A frozen-able encoder that takes [0, 1] pixel images and normalises them itself."""
 
@@ -112,11 +228,45 @@ class Victim(nn.Module):
         return torch.cat(out) if out else torch.empty(0, self.embed_dim, device=dev)
 
 
-def build_victim(arch: str, mean=None, std=None, image_size: int = 32, width: int = 64,
-                 blocks: Sequence[int] = (2, 2, 2, 2), **_: object) -> tuple[Victim, nn.Module]:
+RESNET_ARCHS = ("simclr_resnet", "ctrl_resnet", "supervised_resnet")
+CLIP_ARCHS = ("clip_rn50", "clip_small")
+ARCHS = RESNET_ARCHS + CLIP_ARCHS
+
+
+def build_victim(arch: str, mean=None, std=None, image_size: int = 32, width: int | None = None,
+                 blocks: Sequence[int] | None = None, **kw: object) -> tuple[Victim, nn.Module]:
     """Build an untrained victim. Returns ``(victim, full_model)``; the full model is what
-    checkpoints of the victim's original format hold (e.g. SimCLR with its head)."""
-    if arch == "simclr_resnet":
-        full = SimCLRNet(width, blocks)
-        return Victim(full.f, mean, std, full.f.out_dim, image_size), full
-    raise ValueError(f"unknown victim arch {arch!r}; known: ['simclr_resnet']")
+    checkpoints of the victim's original format hold (e.g. SimCLR with its head, the whole
+    CLIP). ``mean``/``std`` None: the victim takes [0, 1] images unnormalised.
+
+    Architectures (``arch``) and their extra keyword arguments:
+
+    * ``simclr_resnet``: BadEncoder/DRUPE SimCLR (`SimCLRNet`); ``width`` (64), ``blocks``.
+    * ``ctrl_resnet``: CTRL's SimCLR (`CTRLNet`); ``width``, ``blocks``.
+    * ``supervised_resnet``: supervised classifier (`SupervisedResNet`); ``width``,
+      ``blocks``, ``num_classes`` (10). The victim is its penultimate features.
+    * ``clip_rn50``: OpenAI CLIP RN50 (224x224, 1024-d); ``weights`` (a local state dict of
+      the whole model), ``quick_gelu`` (True).
+    * ``clip_small``: a small CLIP of the same design; ``width`` (32), ``blocks`` or
+      ``layers`` ((1, 1, 1, 1)), ``embed_dim`` (64), ``context_length`` (32), ``text_width``
+      (64), ``text_heads`` (2), ``text_layers`` (2), ``weights``, ``quick_gelu``.
+
+    The CLIP victims are the image tower ``full.visual``; other keyword arguments are ignored.
+    """
+    if arch in RESNET_ARCHS:
+        width = 64 if width is None else int(width)
+        blocks = (2, 2, 2, 2) if blocks is None else tuple(int(b) for b in blocks)
+        if arch == "simclr_resnet":
+            full = SimCLRNet(width, blocks)
+            return Victim(full.f, mean, std, full.f.out_dim, image_size), full
+        if arch == "ctrl_resnet":
+            full = CTRLNet(width, blocks)
+            return Victim(full.backbone, mean, std, full.backbone.out_dim, image_size), full
+        full = SupervisedResNet(width, blocks, num_classes=int(kw.get("num_classes", 10)))
+        return Victim(SharedTrunk(full), mean, std, full.out_dim, image_size), full
+    if arch in CLIP_ARCHS:
+        from dede.victims.clip import build_clip
+
+        full = build_clip(arch, image_size=image_size, width=width, blocks=blocks, **kw)
+        return Victim(full.visual, mean, std, full.visual.output_dim, image_size), full
+    raise ValueError(f"unknown victim arch {arch!r}; known: {list(ARCHS)}")

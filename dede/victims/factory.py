@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from dede.data import ImageSet, TensorBatches, load_split, make_loader
-from dede.victims.checkpoints import load_victim_checkpoint, save_checkpoint
+from dede.victims.checkpoints import load_victim_checkpoint, native_format, save_checkpoint
 from dede.victims.encoders import Victim, build_victim
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ class VictimInfo:
     path: str  # the checkpoint that holds it (a given one, or one in the cache)
     fmt: str
     made: bool  # made in this process (False: loaded from a checkpoint or the cache)
+    trigger_file: str | None = None  # an optimised trigger made with the victim
 
 
 def config_hash(obj: Any) -> str:
@@ -99,24 +100,64 @@ def make_badencoder(cfg: DictConfig, victim: Victim, full: torch.nn.Module, log_
     victim_trainer(cfg, m.epochs, log_dir, "badencoder").fit(module, loader)
 
 
-# attack name -> function that turns a clean victim (in place) into a backdoored one
-ATTACKS: dict[str, Callable[..., None]] = {"badencoder": make_badencoder}
+@dataclass(frozen=True)
+class AttackSpec:
+    """How to make a victim of one attack. ``make(cfg, victim, full, log_dir)`` trains ``full``
+    in place and may return an optimised `Trigger` (stored next to the cached victim).
+    ``from_clean``: it fine-tunes the cached clean victim (BadEncoder, DRUPE, CLIP attacks);
+    otherwise it trains the victim from scratch on poisoned data (CTRL, ASSET)."""
+
+    make: str  # "module:function", imported on use so unused attacks cost nothing
+    from_clean: bool = True
+
+    def resolve(self) -> Callable[..., Any]:
+        return _import(self.make)
+
+
+def _import(spec: str) -> Callable[..., Any]:
+    import importlib
+
+    mod, fn = spec.split(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+# attack name -> how its victim is made
+ATTACKS: dict[str, AttackSpec] = {
+    "badencoder": AttackSpec("dede.victims.factory:make_badencoder"),
+    "drupe": AttackSpec("dede.attacks.drupe:make_drupe"),
+    "ctrl": AttackSpec("dede.attacks.ctrl:make_ctrl", from_clean=False),
+    "asset": AttackSpec("dede.attacks.supervised:make_asset", from_clean=False),
+    "clip": AttackSpec("dede.attacks.clip:make_clip_backdoor"),
+    "badclip": AttackSpec("dede.attacks.clip:make_badclip"),
+}
+# attack.pretrain.kind -> how the clean victim (the `clean` control and the start of the
+# fine-tuning attacks) is trained
+PRETRAINERS: dict[str, str] = {
+    "simclr": "dede.victims.factory:make_clean",
+    "supervised": "dede.attacks.supervised:make_clean_supervised",
+    "clip": "dede.attacks.clip:make_clean_clip",
+}
 
 
 def _cached(cache: Path, kind: str, key_obj: dict, fmt: str, victim: Victim, full: torch.nn.Module,
-            make: Callable[[], None]) -> tuple[str, bool]:
+            make: Callable[[], Any]) -> tuple[str, bool, str | None]:
+    """Load the victim cached under ``key_obj`` or make it (and cache it). Returns the
+    checkpoint path, whether it was made now, and the file of an optimised trigger if any."""
     key = config_hash(key_obj)
     path = cache / f"{kind}-{key}.pt"
+    trigger_path = cache / f"{kind}-{key}.trigger.pt"
     if path.is_file():
         log.info("reusing cached %s victim %s", kind, path)
         load_victim_checkpoint(path, fmt, full)
-        return str(path), False
+        return str(path), False, str(trigger_path) if trigger_path.is_file() else None
     log.info("making %s victim (cache key %s)", kind, key)
-    make()
+    made_trigger = make()
     if _is_global_zero():
+        if made_trigger is not None:
+            made_trigger.save(trigger_path)
         save_checkpoint(full, path, kind=kind)
         (cache / f"{kind}-{key}.json").write_text(json.dumps(key_obj, indent=2, sort_keys=True, default=str))
-    return str(path), True
+    return str(path), True, str(trigger_path) if made_trigger is not None else None
 
 
 def _is_global_zero() -> bool:
@@ -127,26 +168,41 @@ def _is_global_zero() -> bool:
 def obtain_victim(cfg: DictConfig, log_dir: str | Path) -> VictimInfo:
     a = cfg.attack
     victim, full = build_victim(**_plain(a.victim))
-    fmt = a.checkpoint_format
     if a.checkpoint:
-        load_victim_checkpoint(a.checkpoint, fmt, full)
-        return VictimInfo(victim, full, str(a.checkpoint), fmt, made=False)
+        load_victim_checkpoint(a.checkpoint, a.checkpoint_format, full)
+        return VictimInfo(victim, full, str(a.checkpoint), a.checkpoint_format, made=False)
+    if a.name != "clean" and a.name not in ATTACKS:
+        raise ValueError(f"attack '{a.name}' has no implementation to make a victim; known: {sorted(ATTACKS)} "
+                         "(or give attack.checkpoint=PATH)")
+    kind = a.pretrain.get("kind", "simclr")
+    if kind not in PRETRAINERS:
+        raise ValueError(f"attack.pretrain.kind={kind!r} is unknown; known: {sorted(PRETRAINERS)}")
+    fmt = native_format(a.victim.arch)
     cache = Path(cfg.paths.cache_dir) / "victims"
     cache.mkdir(parents=True, exist_ok=True)
     log_dir = Path(log_dir)
     home = _plain(cfg.data.home) | {"image_size": cfg.data.image_size}
     home.pop("root", None), home.pop("download", None)
     clean_key = {"victim": _plain(a.victim), "pretrain": _plain(a.pretrain), "home": home, "seed": cfg.seed}
-    path, made = _cached(cache, "clean", clean_key, "badencoder", victim, full,
-                         lambda: make_clean(cfg, victim, full, log_dir))
-    if a.name == "clean":
-        return VictimInfo(victim, full, path, "badencoder", made)
-    if a.name not in ATTACKS:
-        raise ValueError(f"attack '{a.name}' has no implementation to make a victim; known: {sorted(ATTACKS)} "
-                         "(or give attack.checkpoint=PATH)")
+    made = False
+    spec = ATTACKS.get(a.name)
+    if a.name == "clean" or spec.from_clean:
+        pretrain = _import(PRETRAINERS[kind])
+        path, made, _ = _cached(cache, "clean", clean_key, fmt, victim, full,
+                                lambda: pretrain(cfg, victim, full, log_dir))
+        if a.name == "clean":
+            victim.eval()
+            return VictimInfo(victim, full, path, fmt, made)
     attack_key = clean_key | {"attack": a.name, "make": _plain(a.make), "trigger": _plain(a.trigger),
                               "target": a.target, "reference_file": a.get("reference_file")}
-    path, made2 = _cached(cache, a.name, attack_key, "badencoder", victim, full,
-                          lambda: ATTACKS[a.name](cfg, victim, full, log_dir))
+    path, made2, trigger_file = _cached(cache, a.name, attack_key, fmt, victim, full,
+                                        lambda: spec.resolve()(cfg, victim, full, log_dir))
     victim.eval()
-    return VictimInfo(victim, full, path, "badencoder", made or made2)
+    return VictimInfo(victim, full, path, fmt, made or made2, trigger_file)
+
+
+def build_trigger(cfg: DictConfig, trigger_file: str | None = None):
+    """The attack's trigger; an optimised one (e.g. BadCLIP's patch) is read from ``trigger_file``."""
+    if trigger_file:
+        return instantiate(cfg.attack.trigger, path=trigger_file)
+    return instantiate(cfg.attack.trigger)

@@ -1,0 +1,46 @@
+"""CTRL (Li et al., ICCV 2023): a clean-label backdoor planted during SimCLR pretraining.
+
+A share of the training set, drawn from the *target class* only, carries the frequency
+trigger (labels are never touched: SSL uses none). Contrastive learning ties the trigger to
+the target class's features, so triggered inputs of any class embed like the target class.
+The victim is trained from scratch on the poisoned set; nothing else differs from SimCLR.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from dede.data import ImageSet, TensorBatches, make_loader
+from dede.victims.encoders import Victim
+
+
+def poison_target_class(home: ImageSet, trigger, rate: float, target: int, seed: int) -> ImageSet:
+    """Trigger ``rate`` x N images of the whole set, all of class ``target`` (clean label)."""
+    n_target = int((home.labels == target).sum())
+    if n_target == 0:
+        raise ValueError(f"no image of target class {target} in the home data set '{home.name}'")
+    want = rate * len(home)
+    if want > n_target:
+        raise ValueError(f"attack.make.poison_rate={rate} asks for {want:.0f} poisoned images but the target "
+                         f"class {target} has only {n_target}; lower the rate")
+    return home.poison(trigger, want / n_target, seed=seed, only_label=target)
+
+
+def make_ctrl(cfg: DictConfig, victim: Victim, full: torch.nn.Module, log_dir: Path) -> None:
+    from dede.attacks import SimCLRModule
+    from dede.victims.factory import home_split, victim_trainer
+
+    m = cfg.attack.make
+    home = poison_target_class(home_split(cfg, "train"), instantiate(cfg.attack.trigger), float(m.poison_rate),
+                               int(cfg.attack.target), cfg.seed)
+    L.seed_everything(cfg.seed, workers=True)
+    module = SimCLRModule(full, victim, lr=m.lr, weight_decay=m.weight_decay, temperature=m.temperature,
+                          aug_strength=m.get("aug_strength", 1.0), min_scale=m.get("min_scale", 0.2),
+                          optimizer=m.optimizer, momentum=m.get("momentum", 0.9), cosine=m.cosine)
+    loader = make_loader(TensorBatches(home.images), m.batch_size, shuffle=True, drop_last=True,
+                         num_workers=cfg.data.num_workers, seed=cfg.seed)
+    victim_trainer(cfg, m.epochs, log_dir, "ctrl").fit(module, loader)
