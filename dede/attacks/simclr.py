@@ -5,6 +5,7 @@ import lightning as L
 import torch
 
 from dede.attacks.losses import nt_xent
+from dede.attacks.optim import sgd_or_adam
 from dede.data.augment import simclr_augment
 from dede.victims.encoders import SimCLRNet, Victim
 
@@ -29,12 +30,4 @@ class SimCLRModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        hp = self.hparams
-        if hp.optimizer == "sgd":
-            opt = torch.optim.SGD(self.net.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        else:
-            opt = torch.optim.Adam(self.net.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        if not hp.cosine:
-            return opt
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.trainer.max_epochs))
-        return [opt], [sched]
+        return sgd_or_adam(self.net.parameters(), self.hparams, self.trainer.max_epochs)

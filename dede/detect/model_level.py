@@ -31,7 +31,8 @@ class InvertedTrigger:
 
 
 def decree_inversion(victim: nn.Module, clean_images: torch.Tensor, steps: int = 100, lr: float = 0.1,
-                     lam: float = 1.0, target_similarity: float = 0.95, seed: int = 0) -> InvertedTrigger:
+                     lam: float = 1.0, target_similarity: float = 0.95, seed: int = 0,
+                     init_mask: float = 0.5) -> InvertedTrigger:
     """DECREE (CVPR 2023): search for the smallest trigger that makes the encoder map all
     triggered images to (nearly) one embedding.
 
@@ -44,7 +45,8 @@ def decree_inversion(victim: nn.Module, clean_images: torch.Tensor, steps: int =
     x = clean_images.float()
     dev = x.device
     _, _, h, w = x.shape
-    a = (torch.randn(1, 1, h, w, generator=g) * 0.1).to(dev).requires_grad_(True)
+    a0 = float(torch.atanh(torch.tensor(2 * min(max(init_mask, 1e-3), 1 - 1e-3) - 1)))
+    a = (a0 + torch.randn(1, 1, h, w, generator=g) * 0.1).to(dev).requires_grad_(True)
     b = (torch.randn(1, 3, h, w, generator=g) * 0.1).to(dev).requires_grad_(True)
     opt = torch.optim.Adam([a, b], lr=lr)
     was_training = victim.training
