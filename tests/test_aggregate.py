@@ -67,3 +67,15 @@ def test_all_jobs_failing_is_an_error_and_output_dir_is_skipped(tmp_path):
     with pytest.raises(RuntimeError, match="no job of the multirun"):
         evaluate_multirun(sweep, out, evaluate_job)
     assert not is_multirun(tmp_path / "nothing") if (tmp_path / "nothing").mkdir() is None else True
+
+
+def test_flag_rates_at_the_calibrated_threshold_are_columns(tmp_path):
+    sweep = tmp_path / "sweep"
+    for i, (fpr, tpr) in enumerate([(0.04, 0.9), (0.06, 0.7)]):
+        make_job(sweep, str(i), ["attack=clean", f"seed={i}"],
+                 res(0.9) | {"threshold": {"rule": "aux_quantile_0.95", "value": 1.0, "fpr": fpr, "tpr": tpr}})
+    (sweep / "multirun.yaml").write_text("{}")
+    report = evaluate_multirun(sweep, tmp_path / "out", lambda job, out: {})
+    row = report["aggregate"][0]
+    assert math.isclose(row["flag_rate_clean"], 0.05) and math.isclose(row["flag_rate_triggered"], 0.8)
+    assert "flag_rate_clean" in (tmp_path / "out" / "results.md").read_text()

@@ -17,6 +17,11 @@ import yaml
 from dede.pipeline.common import write_json_atomic, write_text_atomic
 from dede.report.results import MAIN_KEYS, markdown_table
 
+# per-job keys of the multirun table: the main metrics plus the share of clean and of triggered
+# test images flagged at the run's calibrated threshold (on a `clean` victim the first must sit
+# near the nominal false-positive rate)
+TABLE_KEYS = MAIN_KEYS + ["flag_rate_clean", "flag_rate_triggered"]
+
 log = logging.getLogger(__name__)
 
 
@@ -50,11 +55,20 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return m, sd
 
 
-def aggregate(jobs: list[dict], keys: list[str] = MAIN_KEYS) -> list[dict]:
+def _with_flag_rates(res: dict) -> dict:
+    thr = res.get("threshold")
+    if not thr:
+        return res
+    return res | {"flag_rate_clean": thr["fpr"], "flag_rate_triggered": thr["tpr"]}
+
+
+def aggregate(jobs: list[dict], keys: list[str] = TABLE_KEYS) -> list[dict]:
     groups: dict[str, list[dict]] = defaultdict(list)
     for j in jobs:
         if "results" in j:
             groups[_group_key(j["overrides"])].append(j["results"])
+    present = {k for results in groups.values() for r in results for k in r}
+    keys = [k for k in keys if k in present]
     rows = []
     for name, results in groups.items():
         row = {"setting": name, "n_seeds": len(results)}
@@ -67,6 +81,7 @@ def aggregate(jobs: list[dict], keys: list[str] = MAIN_KEYS) -> list[dict]:
 def evaluate_multirun(path: Path, out: Path, evaluate_job) -> dict:
     """``evaluate_job(job_dir, out_dir) -> results dict`` evaluates one job."""
     jobs = []
+    out.mkdir(parents=True, exist_ok=True)
     out_r = out.resolve()
     for job in job_dirs(path):
         if job.resolve() == out_r or job.resolve() in out_r.parents:
@@ -81,7 +96,7 @@ def evaluate_multirun(path: Path, out: Path, evaluate_job) -> dict:
                 res = json.loads(own.read_text())
             else:
                 res = evaluate_job(job, out / "jobs" / job.name)
-            entry["results"] = {k: v for k, v in res.items() if k not in ("config", "plots")}
+            entry["results"] = _with_flag_rates({k: v for k, v in res.items() if k not in ("config", "plots")})
         except Exception as exc:  # noqa: BLE001 - one failed job must not lose the others
             log.error("job %s could not be evaluated: %s", job.name, exc)
             entry["error"] = f"{type(exc).__name__}: {exc}"
@@ -96,7 +111,7 @@ def evaluate_multirun(path: Path, out: Path, evaluate_job) -> dict:
     if plot:
         report["plots"] = {"auroc_vs_mask_ratio": plot}
     write_json_atomic(out / "results.json", report)
-    cols = ["setting", "n_seeds"] + [c for k in MAIN_KEYS for c in (k, f"{k}_std")]
+    cols = ["setting", "n_seeds"] + [c for k in TABLE_KEYS for c in (k, f"{k}_std") if rows and k in rows[0]]
     md = [f"# Multirun {path}", "", f"{len(jobs)} jobs, {report['n_failed']} failed; mean and std over seeds.", "",
           markdown_table(rows, cols), ""]
     md += [f"- job {j['job']} failed: {j['error']}" for j in jobs if "error" in j]
