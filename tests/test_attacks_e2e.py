@@ -6,9 +6,9 @@ import pytest
 
 from tests.helpers import run_entry
 
-# DeDe's AUROC on each tiny victim, a little below what was measured (0.991, 0.993, 0.727, 0.800,
-# 0.818): the small ASSET patch and the CLIP victims are harder for it at this scale
-MIN_AUROC = {"badencoder": 0.95, "drupe": 0.95, "ctrl": 0.8, "asset": 0.68, "clip": 0.75, "badclip": 0.75}
+# DeDe's AUROC on each tiny victim (seed 21), a little below what was measured (0.991, 0.993,
+# 0.996, 0.727, 0.800, 0.818): the small ASSET patch and the CLIP victims are harder at this scale
+MIN_AUROC = {"badencoder": 0.95, "drupe": 0.95, "ctrl": 0.95, "asset": 0.68, "clip": 0.75, "badclip": 0.75}
 FAST_DECODER = ["logger=csv", "trainer.enable_progress_bar=false", "eval_after_train=true"]
 
 
@@ -26,11 +26,7 @@ def clean_results(tmp_path_factory, cache_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [
-    "badencoder", "drupe",
-    pytest.param("ctrl", marks=pytest.mark.xfail(
-        strict=True, reason="the tiny CTRL preset does not plant its backdoor yet (measured ASR 0.24)")),
-    "asset", "clip", "badclip"])
+@pytest.mark.parametrize("name", ["badencoder", "drupe", "ctrl", "asset", "clip", "badclip"])
 def test_made_victim_is_backdoored_and_dede_detects_it(name, tmp_path, cache_dir, clean_results):
     res = _run(name, tmp_path, cache_dir)
     control = clean_results["clip" if name in ("clip", "badclip") else "simclr"]
