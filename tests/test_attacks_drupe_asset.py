@@ -5,7 +5,8 @@ import lightning as L
 import pytest
 import torch
 
-from dede.attacks.drupe import AdaptiveWeight, DRUPEModule, offdiag_mean_cosine, sliced_wasserstein
+from dede.attacks.drupe import AdaptiveWeight, DRUPEModule, sliced_wasserstein
+from dede.attacks.losses import mean_pairwise_cosine
 from dede.attacks.supervised import SupervisedModule, poison_all_to_one
 from dede.data import ImageSet, TensorBatches, make_loader
 from dede.triggers import PatchTrigger
@@ -20,7 +21,7 @@ def test_offdiag_mean_matches_hand_computed_value_and_not_the_buggy_formula():
     z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     # pairwise cosines: (0,1) = 0, (0,2) = (1,2) = 1/sqrt(2); mean over the 3 pairs
     expected = 2 / math.sqrt(2) / 3
-    got = offdiag_mean_cosine(z)
+    got = mean_pairwise_cosine(z)
     assert got.item() == pytest.approx(expected, abs=1e-6)
     # the original's (S - diag_embed(S)).mean() broadcasts to (B, B, B) and equals mean(S) * (1 - 1/B)
     zn = torch.nn.functional.normalize(z, dim=1)
@@ -30,13 +31,13 @@ def test_offdiag_mean_matches_hand_computed_value_and_not_the_buggy_formula():
     assert buggy.item() == pytest.approx((s.mean() * (1 - 1 / b)).item(), abs=1e-6)
     assert abs(buggy.item() - expected) > 0.03
     # identical rows: every pair has cosine 1; a single row has no pair
-    assert offdiag_mean_cosine(torch.ones(5, 3)).item() == pytest.approx(1.0, abs=1e-6)
-    assert offdiag_mean_cosine(torch.ones(1, 3)).item() == 0.0
+    assert mean_pairwise_cosine(torch.ones(5, 3)).item() == pytest.approx(1.0, abs=1e-6)
+    assert mean_pairwise_cosine(torch.ones(1, 3)).item() == 0.0
 
 
 def test_offdiag_mean_is_differentiable():
     z = torch.randn(6, 4, generator=torch.Generator().manual_seed(0), requires_grad=True)
-    offdiag_mean_cosine(z).backward()
+    mean_pairwise_cosine(z).backward()
     assert z.grad is not None and torch.isfinite(z.grad).all()
 
 

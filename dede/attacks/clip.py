@@ -21,7 +21,6 @@ Triggers are applied in [0, 1] pixel space before CLIP's normalisation, which th
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Sequence
 
@@ -37,6 +36,7 @@ from dede.attacks.badencoder import freeze_batchnorm
 from dede.data import ImageSet, TensorBatches, make_loader
 from dede.data.augment import simclr_augment
 from dede.data.loaders import keep_batch
+from dede.optim import warmup_cosine
 from dede.triggers import ImagePatchTrigger, Trigger, apply_to_uint8
 from dede.victims.encoders import Victim
 
@@ -226,7 +226,7 @@ class CLIPContrastiveModule(L.LightningModule):
 
     # --- image side ------------------------------------------------------------------------
     def image_features(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.full.encode_image(self.victim.normalise(x)), dim=-1)
+        return F.normalize(self.victim(x), dim=-1)  # the victim is CLIP's image tower, normalisation included
 
     def scale(self) -> torch.Tensor:
         if self.hparams.logit_scale is not None:
@@ -272,20 +272,10 @@ class CLIPContrastiveModule(L.LightningModule):
             raise ValueError(f"unknown optimizer {hp.optimizer!r}; use adamw | sgd")
         if hp.schedule == "none" and not hp.warmup_steps:
             return opt
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
-        warmup = int(hp.warmup_steps)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if hp.schedule == "cosine":
-                t = min(1.0, (step - warmup) / max(1, total - warmup))
-                return 0.5 * (1 + math.cos(math.pi * t))
-            if hp.schedule == "none":
-                return 1.0
+        if hp.schedule not in ("none", "cosine"):
             raise ValueError(f"unknown schedule {hp.schedule!r}; use none | cosine")
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
+        sched = warmup_cosine(opt, int(hp.warmup_steps), total, cosine=hp.schedule == "cosine")
         return [opt], [{"scheduler": sched, "interval": "step"}]
 
 
@@ -323,7 +313,7 @@ class BadCLIPPatchModule(L.LightningModule):
         return self.trigger(x)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.full.encode_image(self.victim.normalise(x)), dim=-1)
+        return F.normalize(self.victim(x), dim=-1)
 
     def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         e = self.embed(self.paste(x))
@@ -450,9 +440,7 @@ def target_embeddings(full: nn.Module, victim: Victim, captions: torch.Tensor, t
     full.eval()
     dev = next(full.parameters()).device
     text = F.normalize(full.encode_text(captions.to(dev)).float(), dim=-1).mean(0)
-    feats = [F.normalize(full.encode_image(victim.normalise(target_images[i:i + batch_size].to(dev))).float(), dim=-1)
-             for i in range(0, len(target_images), batch_size)]
-    image = torch.cat(feats).mean(0)
+    image = F.normalize(victim.embed(target_images, batch_size), dim=-1).mean(0)
     full.train(was)
     return F.normalize(text, dim=0), F.normalize(image, dim=0)
 

@@ -32,23 +32,11 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from dede.attacks.badencoder import BadEncoderModule
+from dede.attacks.losses import mean_pairwise_cosine
 from dede.triggers import Trigger
 from dede.victims.encoders import Victim
 
 log = logging.getLogger(__name__)
-
-
-def offdiag_mean_cosine(z: torch.Tensor) -> torch.Tensor:
-    """Mean cosine similarity over all ordered pairs ``i != j`` of the rows of ``z``.
-
-    (The diagonal, always 1, is left out of both the sum and the count; with fewer than two
-    rows there is no pair and the result is 0.)"""
-    n = z.shape[0]
-    if n < 2:
-        return z.new_zeros(())
-    zn = F.normalize(z, dim=1)
-    sim = zn @ zn.T
-    return (sim.sum() - sim.diagonal().sum()) / (n * (n - 1))
 
 
 def _quantiles(v: torch.Tensor, m: int) -> torch.Tensor:
@@ -144,7 +132,7 @@ class DRUPEModule(BadEncoderModule):
         # the spreading weight (on std_refs + b2b) and the distribution weight (on swd)
         self.w_spread = AdaptiveWeight(spread_init, up, down, patience)
         self.w_dist = AdaptiveWeight(dist_init, up, down, patience)
-        self._sums: dict[str, float] = {}
+        self._sums: torch.Tensor | None = None  # float64 sums of TERMS over the epoch's samples
         self._count = 0
 
     # ------------------------------------------------------------------ terms
@@ -175,8 +163,8 @@ class DRUPEModule(BadEncoderModule):
         # here: the encoder should not shrink the distance by inflating that spread)
         spread = f_x.detach().std(0).mean().clamp_min(1e-8)
         swd = sliced_wasserstein(f_trig, f_x, hp.n_projections) / spread
-        return {"l0": l0, "l1": l1, "l2": l2, "std_refs": std_refs, "b2b": offdiag_mean_cosine(f_trig),
-                "swd": swd, "ref_sim": offdiag_mean_cosine(f_r)}
+        return {"l0": l0, "l1": l1, "l2": l2, "std_refs": std_refs, "b2b": mean_pairwise_cosine(f_trig),
+                "swd": swd, "ref_sim": mean_pairwise_cosine(f_r)}
 
     def phase(self, epoch: int | None = None) -> str:
         e = self.current_epoch if epoch is None else epoch
@@ -202,27 +190,28 @@ class DRUPEModule(BadEncoderModule):
     # ------------------------------------------------------------------ training
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
-        self._sums, self._count = {k: 0.0 for k in self.TERMS}, 0
+        self._sums, self._count = None, 0
 
     def training_step(self, batch, batch_idx):
         x = batch[0]
         terms = self.losses(x)
         loss = self.combine(terms, self.phase())
-        for k in self.TERMS:
-            self._sums[k] = self._sums.get(k, 0.0) + float(terms[k].detach()) * len(x)
-        self._count += len(x)
         n = len(x)
+        step = torch.stack([terms[k].detach() for k in self.TERMS]).double() * n
+        self._sums = step if self._sums is None else self._sums + step
+        self._count += n
         self.log_dict({f"drupe/{k}": v.detach() for k, v in terms.items()}, on_step=False, on_epoch=True, batch_size=n)
         self.log("drupe/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=n)
         return loss
 
     def epoch_means(self) -> dict[str, float]:
-        keys = list(self.TERMS)
-        t = torch.tensor([self._sums.get(k, 0.0) for k in keys] + [float(self._count)], dtype=torch.float64)
+        sums = self._sums if self._sums is not None else torch.zeros(len(self.TERMS), dtype=torch.float64)
+        t = torch.cat([sums.to(self.device), torch.tensor([float(self._count)], dtype=torch.float64, device=self.device)])
         if self.trainer is not None and self.trainer.world_size > 1:
-            t = self.trainer.strategy.reduce(t.to(self.device), reduce_op="sum").cpu()
+            t = self.trainer.strategy.reduce(t, reduce_op="sum")
+        t = t.cpu()
         n = max(float(t[-1]), 1.0)
-        return {k: float(v) / n for k, v in zip(keys, t[:-1])}
+        return {k: float(v) / n for k, v in zip(self.TERMS, t[:-1])}
 
     def adapt(self, m: dict[str, float]) -> None:
         """Update the adaptive weights from an epoch's mean terms."""

@@ -18,3 +18,14 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
 def mean_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean cosine similarity of every row of ``a`` with every row of ``b``."""
     return (F.normalize(a, dim=1) @ F.normalize(b, dim=1).T).mean()
+
+
+def mean_pairwise_cosine(z: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity over the ordered pairs ``i != j`` of the rows of ``z`` (the
+    diagonal, always 1, is left out of the sum and the count; 0 with fewer than two rows)."""
+    n = z.shape[0]
+    if n < 2:
+        return z.new_zeros(())
+    zn = F.normalize(z.float(), dim=1)
+    sim = zn @ zn.T
+    return (sim.sum() - sim.diagonal().sum()) / (n * (n - 1))

@@ -5,7 +5,7 @@ import lightning as L
 import torch
 
 from dede.attacks.losses import nt_xent
-from dede.attacks.optim import sgd_or_adam
+from dede.optim import sgd_or_adam
 from dede.data.augment import simclr_augment
 from dede.victims.encoders import SimCLRNet, Victim
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from dede.attacks.optim import sgd_or_adam
+from dede.optim import sgd_or_adam
 from dede.data.datasets import ImageSet
 from dede.triggers import Trigger
 from dede.victims.encoders import Victim

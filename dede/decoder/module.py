@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import logging
-import math
 
 import lightning as L
 import torch
 
 from dede.data import ImageSet, TensorBatches, make_loader
 from dede.decoder.model import DeDeModel
+from dede.optim import warmup_cosine
 from dede.victims.encoders import Victim
 
 log = logging.getLogger(__name__)
@@ -159,11 +159,5 @@ class DeDeModule(L.LightningModule):
             return opt
         total = max(1, self.trainer.estimated_stepping_batches)
         warm = int(hp.warmup_epochs * total / max(1, self.trainer.max_epochs))
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        sched = warmup_cosine(opt, warm, total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -145,8 +145,8 @@ def model_level_checks(victim, tcfg, e, model, ratio) -> dict:
     clean_val = aux_val.subset(torch.nonzero(~aux_val.poisoned)[:, 0])
     g = torch.Generator().manual_seed(int(e.seed))
     pick = torch.randperm(len(clean_val), generator=g)[: int(m.decree_images)]
-    dev = next(victim.parameters()).device
-    inv = decree_inversion(victim, clean_val.subset(pick).float_images().to(dev), steps=int(m.decree_steps),
+    inv = decree_inversion(victim, clean_val.subset(pick).float_images().to(victim.mean.device),
+                           steps=int(m.decree_steps),
                            lr=float(m.get("decree_lr", 0.1)), target_similarity=float(m.get("decree_similarity", 0.95)),
                            seed=int(e.seed))
     out["decree"] = {"mask_l1_norm": float(inv.mask_l1_norm), "similarity": float(inv.similarity),

@@ -4,16 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-
-def mean_pairwise_cosine(z: torch.Tensor) -> torch.Tensor:
-    """Mean cosine similarity over the off-diagonal pairs of a batch of embeddings."""
-    z = F.normalize(z.float(), dim=1)
-    n = z.shape[0]
-    sim = z @ z.T
-    return (sim.sum() - sim.diagonal().sum()) / (n * (n - 1))
+from dede.attacks.losses import mean_pairwise_cosine
 
 
 @dataclass
