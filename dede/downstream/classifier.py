@@ -5,6 +5,10 @@ test images (of non-target classes) classified as the target. With a detector, f
 samples are dropped from the downstream training and test data: CA is then measured on
 the clean test images that pass, and a triggered image counts as an attack success only if
 it passes the detector *and* is classified as the target.
+
+Next to the MLP, a weighted k-nearest-neighbour classifier on the same features (the
+"kNN monitor" of the SSL literature, CTRL's own metric) gives a second ASR that does not
+depend on how an MLP extrapolates to features unlike any it was trained on.
 """
 from __future__ import annotations
 
@@ -64,6 +68,44 @@ def predict(model: FeatureClassifier, feats: torch.Tensor, batch_size: int = 409
     return torch.cat([model(feats[i:i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(feats), batch_size)])
 
 
+@torch.no_grad()
+def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, query: torch.Tensor, n_classes: int, k: int = 200,
+                temperature: float = 0.1, batch_size: int = 1024) -> torch.Tensor:
+    """Weighted k-NN vote on cosine similarity: each of the ``k`` nearest ``bank`` features
+    votes for its label with weight ``exp(similarity / temperature)``. Runs on ``bank``'s device."""
+    if len(bank) == 0:
+        raise ValueError("k-NN needs a non-empty feature bank")
+    k = min(int(k), len(bank))
+    bank = F.normalize(bank.float(), dim=1)
+    onehot = F.one_hot(bank_labels.to(bank.device).long(), n_classes).float()
+    out = []
+    for i in range(0, len(query), batch_size):
+        q = F.normalize(query[i:i + batch_size].to(bank.device).float(), dim=1)
+        sim, idx = (q @ bank.T).topk(k, dim=1)
+        votes = torch.einsum("qk,qkc->qc", (sim / temperature).exp(), onehot[idx])
+        out.append(votes.argmax(1).cpu())
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def _ca_asr(pred_clean, pred_trig, test_labels, target: int, test_keep=None, trig_keep=None) -> dict:
+    correct = pred_clean == test_labels
+    hit = pred_trig == target
+    if test_keep is not None:
+        correct = correct[test_keep]
+    if trig_keep is not None:
+        hit = hit & trig_keep
+    return {"clean_accuracy": float(correct.double().mean()) if correct.numel() else 0.0,
+            "asr": float(hit.double().mean()) if hit.numel() else 0.0}
+
+
+def knn_metrics(train_feats, train_labels, test_feats, test_labels, trig_feats, target: int, n_classes: int,
+                k: int = 200, temperature: float = 0.1) -> dict:
+    """CA and ASR of the weighted k-NN classifier whose bank is the downstream training set."""
+    pred_clean = knn_predict(train_feats, train_labels, test_feats, n_classes, k, temperature)
+    pred_trig = knn_predict(train_feats, train_labels, trig_feats, n_classes, k, temperature)
+    return _ca_asr(pred_clean, pred_trig, test_labels, target)
+
+
 def downstream_metrics(model_fn, train_feats, train_labels, test_feats, test_labels, trig_feats, target: int,
                        n_classes: int, train_keep=None, test_keep=None, trig_keep=None, **train_kw) -> dict:
     """CA and ASR of a classifier trained on (optionally filtered) features.
@@ -73,13 +115,4 @@ def downstream_metrics(model_fn, train_feats, train_labels, test_feats, test_lab
     if train_keep is not None:
         train_feats, train_labels = train_feats[train_keep], train_labels[train_keep]
     clf = model_fn(train_feats, train_labels, n_classes, **train_kw)
-    pred_clean = predict(clf, test_feats)
-    pred_trig = predict(clf, trig_feats)
-    correct = pred_clean == test_labels
-    hit = pred_trig == target
-    if test_keep is not None:
-        correct = correct[test_keep]
-    if trig_keep is not None:
-        hit = hit & trig_keep
-    return {"clean_accuracy": float(correct.double().mean()) if correct.numel() else 0.0,
-            "asr": float(hit.double().mean()) if hit.numel() else 0.0}
+    return _ca_asr(predict(clf, test_feats), predict(clf, trig_feats), test_labels, target, test_keep, trig_keep)

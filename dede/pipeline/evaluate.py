@@ -16,7 +16,7 @@ from dede.decoder import DeDeModule
 from dede.detect import (apply_threshold, auroc, dede_scores, detection_metrics, median_threshold, quantile_threshold,
                          reconstructions, roc_curve)
 from dede.detect.compare import DetectorScores, compare_detectors, model_level_checks, resolve_detectors
-from dede.downstream import downstream_metrics, train_classifier
+from dede.downstream import downstream_metrics, knn_metrics, train_classifier
 from dede.pipeline.common import aux_split, instantiate_list, route_lightning_logs
 from dede.report import plots
 from dede.report.aggregate import evaluate_multirun, is_multirun
@@ -131,12 +131,15 @@ def evaluate_run(run: Path, e: DictConfig, out: Path, cfg: DictConfig | None = N
                               rule=e.score_rule)
         before = ds.run()
         after = ds.run(s_train <= thr_value, s_clean <= thr_value, s_trig <= thr_value)
-        log.info("downstream before: %s, after filtering: %s", before, after)
+        knn = ds.knn()
+        log.info("downstream before: %s, after filtering: %s, k-NN: %s", before, after, knn)
         res.update({"clean_accuracy": before["clean_accuracy"], "asr": before["asr"],
+                    "clean_accuracy_knn": knn["clean_accuracy"], "asr_knn": knn["asr"],
                     "clean_accuracy_defended": after["clean_accuracy"], "asr_defended": after["asr"],
                     "downstream_train_flagged": float((s_train > thr_value).double().mean())})
     else:
-        res.update({k: float("nan") for k in ["clean_accuracy", "asr", "clean_accuracy_defended", "asr_defended"]})
+        res.update({k: float("nan") for k in ["clean_accuracy", "asr", "clean_accuracy_defended", "asr_defended",
+                                              "clean_accuracy_knn", "asr_knn"]})
 
     names = resolve_detectors(detectors)
     roc_scores = {"DeDe": (s_clean, s_trig)}
@@ -178,10 +181,17 @@ class _Downstream:
                        accelerator="gpu" if device.type == "cuda" else "cpu")
         self.args = (train_classifier, self.feats["train"], train.labels, self.feats["test"], test.labels,
                      self.feats["trig"], target, n_classes)
+        self.knn_kw = dict(k=int(d.get("knn_k", 200)), temperature=float(d.get("knn_temperature", 0.1)))
+        self.device = device
 
     def run(self, train_keep=None, test_keep=None, trig_keep=None) -> dict:
         return downstream_metrics(*self.args, train_keep=train_keep, test_keep=test_keep, trig_keep=trig_keep,
                                   **self.kw)
+
+    def knn(self) -> dict:
+        """CA and ASR of the weighted k-NN classifier on the unfiltered features."""
+        bank = self.feats["train"].to(self.device)  # the vote runs where the bank is
+        return knn_metrics(bank, *self.args[2:], **self.knn_kw)
 
 
 def _plots(out, model, victim, ratio, test, trig, s_clean, s_trig, det, thr_value, tcfg, e, roc_scores) -> dict:

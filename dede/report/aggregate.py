@@ -20,7 +20,7 @@ from dede.report.results import MAIN_KEYS, markdown_table
 # per-job keys of the multirun table: the main metrics plus the share of clean and of triggered
 # test images flagged at the run's calibrated threshold (on a `clean` victim the first must sit
 # near the nominal false-positive rate)
-TABLE_KEYS = MAIN_KEYS + ["flag_rate_clean", "flag_rate_triggered"]
+TABLE_KEYS = MAIN_KEYS + ["asr_knn", "flag_rate_clean", "flag_rate_triggered"]
 
 log = logging.getLogger(__name__)
 

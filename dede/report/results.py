@@ -8,6 +8,8 @@ from dede.pipeline.common import write_json_atomic, write_text_atomic
 DETECTOR_KEYS = ["auroc", "auprc", "tpr_at_fpr_05", "images_per_second", "flag_rate_clean", "clean_accuracy_defended",
                  "asr_defended"]
 MAIN_KEYS = ["auroc", "auprc", "tpr_at_fpr_05", "clean_accuracy", "asr", "clean_accuracy_defended", "asr_defended"]
+# the weighted k-NN classifier's view of the victim (shown when present)
+KNN_KEYS = ["clean_accuracy_knn", "asr_knn"]
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
@@ -24,7 +26,9 @@ def results_markdown(res: dict) -> str:
     out = [f"# DeDe evaluation: {res['attack']} victim, auxiliary data {res.get('aux_data', '?')}", "",
            f"Run: `{res.get('run', '')}`  ", f"{res['n_clean']} clean and {res['n_triggered']} triggered test images; "
            f"test mask ratio {res.get('test_mask_ratio')}.", "", "## Detection and downstream effect", "",
-           markdown_table([{k: res[k] for k in MAIN_KEYS}], MAIN_KEYS), "", "## Thresholds", "",
+           markdown_table([res], MAIN_KEYS + [k for k in KNN_KEYS if k in res]), "",
+           "CA / ASR: the downstream MLP; `_knn`: a weighted k-NN classifier on the same features.", "",
+           "## Thresholds", "",
            markdown_table([thr] + res.get("other_thresholds", []), ["rule", "value", "tpr", "fpr"]), "",
            f"The `{thr['rule']}` threshold is calibrated on held-out auxiliary images only (no triggered test data); "
            "`median` is the original code's rule over the 1:1 test mix, shown for comparison.", ""]
