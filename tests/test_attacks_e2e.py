@@ -9,6 +9,10 @@ from tests.helpers import run_entry
 # DeDe's AUROC on each tiny victim (seed 21), a little below what was measured (0.991, 0.993,
 # 0.996, 0.727, 0.800, 0.818): the small ASSET patch and the CLIP victims are harder at this scale
 MIN_AUROC = {"badencoder": 0.95, "drupe": 0.95, "ctrl": 0.95, "asset": 0.68, "clip": 0.75, "badclip": 0.75}
+# attacks that move triggered features onto the target class, so that a k-NN classifier on the
+# same features is fooled too (measured k-NN ASR 1.000, 0.916, 0.988, 0.951). CTRL (0.000) and
+# ASSET (0.132) reach their MLP ASR without it: see the README.
+KNN_BACKDOORED = {"badencoder", "drupe", "clip", "badclip"}
 FAST_DECODER = ["logger=csv", "trainer.enable_progress_bar=false", "eval_after_train=true"]
 
 
@@ -34,6 +38,8 @@ def test_made_victim_is_backdoored_and_dede_detects_it(name, tmp_path, cache_dir
     assert res["clean_accuracy"] >= control["clean_accuracy"] - 0.10
     assert res["auroc"] >= MIN_AUROC[name], res["auroc"]
     assert res["asr_defended"] < res["asr"]
+    if name in KNN_BACKDOORED:
+        assert res["asr_knn"] >= 0.8, res["asr_knn"]
 
 
 @pytest.mark.slow
