@@ -147,7 +147,7 @@ def model_level_checks(victim, tcfg, e, model, ratio) -> dict:
     pick = torch.randperm(len(clean_val), generator=g)[: int(m.decree_images)]
     inv = decree_inversion(victim, clean_val.subset(pick).float_images().to(victim.mean.device),
                            steps=int(m.decree_steps),
-                           lr=float(m.get("decree_lr", 0.1)), target_similarity=float(m.get("decree_similarity", 0.95)),
+                           lr=float(m.decree_lr), target_similarity=float(m.decree_similarity),
                            seed=int(e.seed))
     out["decree"] = {"mask_l1_norm": float(inv.mask_l1_norm), "similarity": float(inv.similarity),
                      "threshold": float(m.decree_threshold),

@@ -73,18 +73,16 @@ def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, query: torch.Tens
                 temperature: float = 0.1, batch_size: int = 1024) -> torch.Tensor:
     """Weighted k-NN vote on cosine similarity: each of the ``k`` nearest ``bank`` features
     votes for its label with weight ``exp(similarity / temperature)``. Runs on ``bank``'s device."""
+    from dede.detect.outliers import knn
+
     if len(bank) == 0:
         raise ValueError("k-NN needs a non-empty feature bank")
-    k = min(int(k), len(bank))
-    bank = F.normalize(bank.float(), dim=1)
+    if len(query) == 0:
+        return torch.empty(0, dtype=torch.long)
+    dist, idx = knn(bank, query, min(int(k), len(bank)), "cosine", batch_size)
     onehot = F.one_hot(bank_labels.to(bank.device).long(), n_classes).float()
-    out = []
-    for i in range(0, len(query), batch_size):
-        q = F.normalize(query[i:i + batch_size].to(bank.device).float(), dim=1)
-        sim, idx = (q @ bank.T).topk(k, dim=1)
-        votes = torch.einsum("qk,qkc->qc", (sim / temperature).exp(), onehot[idx])
-        out.append(votes.argmax(1).cpu())
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+    votes = torch.einsum("qk,qkc->qc", ((1.0 - dist) / temperature).exp(), onehot[idx])
+    return votes.argmax(1).cpu()
 
 
 def _ca_asr(pred_clean, pred_trig, test_labels, target: int, test_keep=None, trig_keep=None) -> dict:

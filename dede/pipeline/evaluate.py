@@ -179,19 +179,20 @@ class _Downstream:
         self.kw = dict(epochs=int(d.epochs), batch_size=int(d.batch_size), lr=float(d.lr), hidden=tuple(d.hidden),
                        dropout=float(d.dropout), seed=int(e.seed),
                        accelerator="gpu" if device.type == "cuda" else "cpu")
-        self.args = (train_classifier, self.feats["train"], train.labels, self.feats["test"], test.labels,
-                     self.feats["trig"], target, n_classes)
-        self.knn_kw = dict(k=int(d.get("knn_k", 200)), temperature=float(d.get("knn_temperature", 0.1)))
+        # (train feats, train labels, test feats, test labels, triggered feats, target, classes)
+        self.data = (self.feats["train"], train.labels, self.feats["test"], test.labels, self.feats["trig"], target,
+                     n_classes)
+        self.knn_kw = dict(k=int(d.knn_k), temperature=float(d.knn_temperature))
         self.device = device
 
     def run(self, train_keep=None, test_keep=None, trig_keep=None) -> dict:
-        return downstream_metrics(*self.args, train_keep=train_keep, test_keep=test_keep, trig_keep=trig_keep,
-                                  **self.kw)
+        return downstream_metrics(train_classifier, *self.data, train_keep=train_keep, test_keep=test_keep,
+                                  trig_keep=trig_keep, **self.kw)
 
     def knn(self) -> dict:
         """CA and ASR of the weighted k-NN classifier on the unfiltered features."""
-        bank = self.feats["train"].to(self.device)  # the vote runs where the bank is
-        return knn_metrics(bank, *self.args[2:], **self.knn_kw)
+        bank, *rest = self.data
+        return knn_metrics(bank.to(self.device), *rest, **self.knn_kw)  # the vote runs where the bank is
 
 
 def _plots(out, model, victim, ratio, test, trig, s_clean, s_trig, det, thr_value, tcfg, e, roc_scores) -> dict:
