@@ -79,3 +79,31 @@ def test_flag_rates_at_the_calibrated_threshold_are_columns(tmp_path):
     row = report["aggregate"][0]
     assert math.isclose(row["flag_rate_clean"], 0.05) and math.isclose(row["flag_rate_triggered"], 0.8)
     assert "flag_rate_clean" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_clean_jobs_are_paired_with_attack_jobs_of_the_same_images(tmp_path):
+    """A `clean` job on the same home data and trigger is every attack row's clean-victim control,
+    seed by seed, for the main detector and for each detector both ran."""
+    sweep = tmp_path / "sweep"
+
+    def with_pairing(r, attack, key, det_auroc, trig_flag):
+        return r | {"attack": attack, "pairing": key, "threshold": {"rule": "q", "value": 1.0, "tpr": trig_flag,
+                                                                    "fpr": 0.05},
+                    "detectors": {"dede": {"auroc": det_auroc, "flag_rate_triggered": trig_flag}}}
+
+    make_job(sweep, "0", ["attack=badencoder", "seed=1"], with_pairing(res(0.99), "badencoder", "k1", 0.99, 0.9))
+    make_job(sweep, "1", ["attack=clean", "seed=1"], with_pairing(res(0.97), "clean", "k1", 0.97, 0.8))
+    make_job(sweep, "2", ["attack=badencoder", "seed=2"], with_pairing(res(0.98), "badencoder", "k1", 0.98, 0.9))
+    make_job(sweep, "3", ["attack=clean", "seed=2"], with_pairing(res(0.60), "clean", "k1", 0.60, 0.1))
+    make_job(sweep, "4", ["attack=ctrl", "seed=1"], with_pairing(res(0.9), "ctrl", "other-trigger", 0.9, 0.5))
+    report = evaluate_multirun(sweep, tmp_path / "out", lambda job, out: None)
+    jobs = {j["job"]: j["results"] for j in report["jobs"]}
+    assert jobs["0"]["auroc_clean_victim"] == 0.97 and jobs["0"]["clean_victim_job"] == "1"
+    assert jobs["2"]["auroc_clean_victim"] == 0.60 and jobs["2"]["flag_rate_clean_victim"] == 0.1
+    assert jobs["2"]["detectors"]["dede"]["auroc_clean_victim"] == 0.60
+    assert "auroc_clean_victim" not in jobs["4"]  # no clean job scored its images
+    rows = {r["setting"]: r for r in report["aggregate"]}
+    assert math.isclose(rows["attack=badencoder"]["auroc_clean_victim"], 0.785)
+    det = {(r["setting"], r["detector"]): r for r in report["detectors"]}
+    assert math.isclose(det[("attack=badencoder", "dede")]["auroc_clean_victim"], 0.785)
+    assert "auroc_clean_victim" in (tmp_path / "out" / "results.md").read_text()

@@ -1,6 +1,7 @@
 """train.py and evaluate.py end to end on tiny settings (CPU, embedded data)."""
 import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -139,42 +140,69 @@ def test_two_process_ddp_on_cpu(trained, tmp_path, cache_dir):
 
 
 DETECTOR_FIELDS = {"auroc", "auprc", "tpr_at_fpr_05", "images_per_second", "flag_rate_clean",
-                   "clean_accuracy_defended", "asr_defended"}
+                   "clean_accuracy_defended", "asr_defended", "auroc_vs_benign", "flag_rate_benign", "asr_benign",
+                   "auroc_clean_victim", "flag_rate_clean_victim"}
 
 
-def test_detector_comparison_table(trained, tmp_path, cache_dir):
-    run, _, main = trained
-    out = tmp_path / "cmp"
-    r = run_entry("evaluate.py", [f"run={run}", f"hydra.run.dir={out}", "logger=csv", "detectors=all",
-                                  "eval.downstream.epochs=10", "eval.model_level.enabled=true",
-                                  "eval.model_level.decree_steps=30", "eval.model_level.decree_images=16"], cache_dir)
-    assert r.returncode == 0, r.output[-3000:]
-    res = json.loads((out / "results.json").read_text())
-    table = res["detectors"]
-    assert set(table) == {"dede", "dede_patch_top", "dao", "slof", "knn", "mahalanobis", "feature_norm"}
-    for name, row in table.items():
-        assert DETECTOR_FIELDS <= set(row), name
-        assert 0 <= row["auroc"] <= 1 and row["images_per_second"] > 0
-    assert abs(table["dede"]["auroc"] - main["auroc"]) < 1e-6  # the same scores as the main report
-    assert table["dede"]["auroc"] >= 0.95
-    assert "decree" in res["model_level"] and 0 <= res["model_level"]["decree"]["mask_l1_norm"] <= 1
-    assert res["model_level"]["asset"]["n_poisoned"] > 0 and 0 <= res["model_level"]["asset"]["auroc"] <= 1
-    md = (out / "results.md").read_text()
-    assert "Detector comparison" in md and "slof" in md and "DECREE" in md
-    r = run_entry("evaluate.py", [f"run={run}", f"hydra.run.dir={tmp_path}/bad", "logger=csv", "detectors=[oracle]"],
-                  cache_dir)
-    assert r.returncode != 0 and "unknown detector" in r.output
-
-
-def test_clean_victim_is_not_flagged(trained, tmp_path, cache_dir):
-    """An honest encoder: every detector flags about its nominal 5 % of clean images."""
-    run = tmp_path / "clean"
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory, cache_dir):
+    """The clean control of the `trained` run: same home data, same trigger, no backdoor."""
+    run = tmp_path_factory.mktemp("e2e_clean") / "train"
     tiny = [o for o in TINY if not o.startswith("attack.make.")]  # a clean victim is not attacked
     r = run_entry("train.py", tiny + ["attack=clean", f"hydra.run.dir={run}"], cache_dir)
     assert r.returncode == 0, r.output[-3000:]
     assert "reusing cached clean victim" in r.output
+    return run
+
+
+def test_detector_comparison_with_controls(trained, clean_run, tmp_path, cache_dir):
+    """Every detector gets both controls; the backdoor-specific variant keeps DeDe's detection on
+    the backdoored victim and loses it on the clean one, where the paper's score does not."""
+    run, _, main = trained
+    out = tmp_path / "cmp"
+    r = run_entry("evaluate.py", [f"run={run}", f"control_run={clean_run}", f"hydra.run.dir={out}", "logger=csv",
+                                  "detectors=all", "eval.downstream.epochs=10", "eval.model_level.enabled=true",
+                                  "eval.model_level.decree_steps=30", "eval.model_level.decree_images=16"], cache_dir)
+    assert r.returncode == 0, r.output[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    table = res["detectors"]
+    assert set(table) == {"dede", "dede_patch_top", "dede_ablate", "dede_transplant", "dao", "slof", "knn",
+                          "mahalanobis", "feature_norm"}
+    assert "dede_ref" in res["detectors_skipped"]  # no eval.reference.run given
+    for name, row in table.items():
+        assert DETECTOR_FIELDS <= set(row), name
+        assert 0 <= row["auroc"] <= 1 and row["images_per_second"] > 0
+    for k in ["auroc_vs_benign", "flag_rate_benign", "asr_benign", "auroc_clean_victim", "flag_rate_clean_victim"]:
+        assert res[k] == table["dede"][k], k  # the main detector's controls at the top level
+    assert abs(table["dede"]["auroc"] - main["auroc"]) < 1e-6  # the same scores as the main report
+    assert res["asr_benign"] <= 0.3  # the benign patch does not fire the backdoor (measured 0.02)
+    # the paper's score flags the patch on the clean victim as well (measured AUROC 0.98)
+    assert table["dede"]["auroc"] >= 0.95 and table["dede"]["auroc_clean_victim"] >= 0.9
+    # the transplant variant: the backdoor, not the patch (measured 1.000 / 1.000 / 0.07, ASR after 0.0)
+    t = table["dede_transplant"]
+    assert t["auroc"] >= 0.95 and t["auroc_vs_benign"] >= 0.9 and t["auroc_clean_victim"] <= 0.65
+    assert t["flag_rate_clean_victim"] <= 0.2 and t["asr_defended"] <= 0.1
+    scores = np.load(out / "scores.npz")
+    for name in table:
+        for part in ["clean", "triggered", "benign", "calibration", "train"]:
+            assert len(scores[f"{name}/{part}"]) > 0, (name, part)
+        assert len(scores[f"clean_victim/{name}/triggered"]) == res["n_triggered"]
+    assert "decree" in res["model_level"] and 0 <= res["model_level"]["decree"]["mask_l1_norm"] <= 1
+    assert res["model_level"]["asset"]["n_poisoned"] > 0 and 0 <= res["model_level"]["asset"]["auroc"] <= 1
+    md = (out / "results.md").read_text()
+    assert "Detector comparison" in md and "slof" in md and "DECREE" in md and "auroc_clean_victim" in md
+    r = run_entry("evaluate.py", [f"run={run}", f"hydra.run.dir={tmp_path}/bad", "logger=csv", "detectors=[oracle]"],
+                  cache_dir)
+    assert r.returncode != 0 and "unknown detector" in r.output
+    r = run_entry("evaluate.py", [f"run={run}", f"hydra.run.dir={tmp_path}/bad2", "logger=csv", "detectors=[dede_ref]"],
+                  cache_dir)
+    assert r.returncode != 0 and "eval.reference.run" in r.output
+
+
+def test_clean_victim_is_not_flagged(clean_run, tmp_path, cache_dir):
+    """An honest encoder: every detector flags about its nominal 5 % of clean images."""
     out = tmp_path / "clean_eval"
-    r = run_entry("evaluate.py", [f"run={run}", f"hydra.run.dir={out}", "logger=csv", "detectors=all",
+    r = run_entry("evaluate.py", [f"run={clean_run}", f"hydra.run.dir={out}", "logger=csv", "detectors=all",
                                   "eval.downstream.epochs=10"], cache_dir)
     assert r.returncode == 0, r.output[-3000:]
     res = json.loads((out / "results.json").read_text())

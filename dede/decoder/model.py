@@ -107,26 +107,35 @@ class DeDeModel(nn.Module):
         return self.unpatchify(out)
 
     @torch.no_grad()
-    def score(self, images: torch.Tensor, victim_emb: torch.Tensor, mask_ratio: float,
-              generator: torch.Generator | None = None, n_masks: int = 1, rule: str = "sse") -> torch.Tensor:
-        """DeDe score of a batch (high = likely triggered), averaged over ``n_masks`` random masks.
-
-        ``sse`` (the paper): summed squared error over the masked patches.
-        ``patch_top``: mean squared error of the worst 10 % of masked patches, which weighs a
-        local trigger (a patch) more than a global colour shift.
-        """
-        if rule not in SCORE_RULES:
-            raise ValueError(f"unknown score rule {rule!r}; known: {SCORE_RULES}")
-        total = torch.zeros(images.shape[0], device=images.device)
+    def patch_errors(self, images: torch.Tensor, victim_emb: torch.Tensor, mask_ratio: float,
+                     generator: torch.Generator | None = None, n_masks: int = 1) -> torch.Tensor:
+        """Squared reconstruction error of every patch, ``(B, T)``, zero where a patch stayed
+        visible, averaged over ``n_masks`` random masks (prediction clamped to [0, 1])."""
+        total = torch.zeros(images.shape[0], self.num_patches, device=images.device)
+        target = self.patchify(images).float()
         for _ in range(n_masks):
             pred, mask = self(images, victim_emb, mask_ratio, generator)
-            err = (pred.float().clamp(0, 1) - self.patchify(images).float()).pow(2).sum(-1) * mask
-            if rule == "sse":
-                total += err.sum(-1)
-            else:
-                k = max(1, int(round(0.1 * self.num_patches)))
-                total += err.topk(k, dim=-1).values.mean(-1)
+            total += (pred.float().clamp(0, 1) - target).pow(2).sum(-1) * mask
         return total / n_masks
+
+    def reduce_errors(self, errors: torch.Tensor, rule: str = "sse") -> torch.Tensor:
+        """One score per image from its patch errors: ``sse`` (the paper) sums them;
+        ``patch_top`` averages the worst 10 % of patches, which weighs a local trigger (a patch)
+        more than a global colour shift."""
+        if rule not in SCORE_RULES:
+            raise ValueError(f"unknown score rule {rule!r}; known: {SCORE_RULES}")
+        if rule == "sse":
+            return errors.sum(-1)
+        k = max(1, int(round(0.1 * self.num_patches)))
+        return errors.topk(k, dim=-1).values.mean(-1)
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, victim_emb: torch.Tensor, mask_ratio: float,
+              generator: torch.Generator | None = None, n_masks: int = 1, rule: str = "sse") -> torch.Tensor:
+        """DeDe score of a batch (high = likely triggered); see `patch_errors` and `reduce_errors`."""
+        if rule not in SCORE_RULES:
+            raise ValueError(f"unknown score rule {rule!r}; known: {SCORE_RULES}")
+        return self.reduce_errors(self.patch_errors(images, victim_emb, mask_ratio, generator, n_masks), rule)
 
 
 SCORE_RULES = ("sse", "patch_top")

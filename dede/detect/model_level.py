@@ -99,3 +99,42 @@ def asset_offset_scores(base: torch.Tensor, suspect: torch.Tensor, n_directions:
     vals, vecs = torch.linalg.eigh(diff)
     top = vecs[:, -max(1, n_directions):]
     return (zs @ top).pow(2).sum(1).float()
+
+
+def _decree_check(ctx, m, seed: int) -> dict:
+    """DECREE trigger inversion on the victim, from clean held-out auxiliary images."""
+    clean_val = ctx.calibration.subset(torch.nonzero(~ctx.calibration.poisoned)[:, 0])
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(clean_val), generator=g)[: int(m.decree_images)]
+    inv = decree_inversion(ctx.victim, clean_val.subset(pick).float_images().to(ctx.device), steps=int(m.decree_steps),
+                           lr=float(m.decree_lr), target_similarity=float(m.decree_similarity), seed=seed)
+    return {"mask_l1_norm": float(inv.mask_l1_norm), "similarity": float(inv.similarity),
+            "threshold": float(m.decree_threshold), "backdoored": bool(inv.verdict(float(m.decree_threshold)))}
+
+
+def _asset_check(ctx, m, seed: int) -> dict:
+    """ASSET-style offsets on the suspect (poisoned) auxiliary training set, with DeDe's AUROC on
+    the same samples beside it."""
+    from dede.detect.metrics import auroc
+
+    suspect = ctx.reference
+    if not (suspect.poisoned.any() and (~suspect.poisoned).any()):
+        return {"skipped": "the auxiliary set has no poisoned samples (out-of-distribution aux data)"}
+    clean_val = ctx.calibration.subset(torch.nonzero(~ctx.calibration.poisoned)[:, 0])
+    g = torch.Generator().manual_seed(seed)
+    base = clean_val.subset(torch.randperm(len(clean_val), generator=g)[: int(m.asset_base)])
+    asset = asset_offset_scores(ctx.embed(base.images), ctx.embed(suspect.images)).cpu()
+    dede = ctx.model.reduce_errors(ctx.patch_errors(suspect.images)).cpu()
+    p = suspect.poisoned
+    return {"auroc": auroc(asset[~p], asset[p]), "dede_auroc": auroc(dede[~p], dede[p]),
+            "n_suspect": len(suspect), "n_poisoned": int(p.sum())}
+
+
+# model-level and training-set checks: name -> check(ctx, eval.model_level settings, seed) -> dict
+MODEL_CHECKS = {"decree": _decree_check, "asset": _asset_check}
+
+
+def run_model_checks(ctx, m, seed: int) -> dict:
+    """Every check of `MODEL_CHECKS` on the evaluation context ``ctx`` (its auxiliary data carry
+    the run's own trigger, e.g. BadCLIP's optimised patch)."""
+    return {name: check(ctx, m, seed) for name, check in MODEL_CHECKS.items()}

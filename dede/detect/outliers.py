@@ -98,11 +98,3 @@ def feature_norm(reference: torch.Tensor | None, query: torch.Tensor) -> torch.T
     """L2 norm of the embedding (the original DeDe code's CTRL heuristic); ``reference`` unused."""
     return query.float().norm(dim=1)
 
-
-SAMPLE_DETECTORS = {
-    "knn": knn_distance,
-    "slof": slof,
-    "dao": dao,
-    "mahalanobis": mahalanobis,
-    "feature_norm": feature_norm,
-}

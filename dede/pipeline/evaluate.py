@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -12,15 +12,21 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from dede.data import ImageSet
 from dede.decoder import DeDeModule
-from dede.detect import (apply_threshold, auroc, dede_scores, detection_metrics, median_threshold, quantile_threshold,
-                         reconstructions, roc_curve)
-from dede.detect.compare import DetectorScores, compare_detectors, model_level_checks, resolve_detectors
+from dede.detect import apply_threshold, auroc, median_threshold, reconstructions, roc_curve
+from dede.detect.base import resolve_detectors
+from dede.detect.context import EvalContext
+from dede.detect.harness import ImageSets, ThresholdRule, compare
+from dede.detect.model_level import run_model_checks
 from dede.downstream import downstream_metrics, knn_metrics, train_classifier
+from dede.downstream.classifier import predict
+from dede.io import write_npz_atomic
 from dede.pipeline.common import aux_split, instantiate_list, route_lightning_logs
 from dede.report import plots
 from dede.report.aggregate import evaluate_multirun, is_multirun
-from dede.report.results import write_results
+from dede.report.results import CONTROL_KEYS, write_results
+from dede.triggers.benign import benign_perturbation
 from dede.victims import CheckpointError, build_victim, load_victim_checkpoint
 from dede.victims.factory import build_trigger, home_split
 
@@ -64,10 +70,74 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _timed_scores(model, victim, images, ratio, e, seed) -> tuple[torch.Tensor, float]:
-    t0 = time.perf_counter()
-    s = dede_scores(model, victim, images, ratio, e.batch_size, seed, e.n_masks, rule=e.score_rule)
-    return s, len(images) / max(time.perf_counter() - t0, 1e-9)
+@dataclass
+class LoadedRun:
+    """A train run ready to evaluate: its config, the victim and decoder, and the context
+    detectors are fitted on."""
+
+    cfg: DictConfig
+    ctx: EvalContext
+    module: DeDeModule
+
+
+def load_run(run: Path, e: DictConfig, device: torch.device, trusted: EvalContext | None = None) -> LoadedRun:
+    """Load the victim, the decoder and the auxiliary data of the train run in ``run``."""
+    tcfg = load_run_config(run)
+    vinfo = json.loads((run / "victim.json").read_text())
+    victim, full = build_victim(**OmegaConf.to_container(tcfg.attack.victim, resolve=True))
+    load_victim_checkpoint(vinfo["path"], vinfo["format"], full)
+    victim = victim.to(device).eval()
+    module = load_decoder(run, victim.embed_dim, device)
+    ratio = float(e.test_mask_ratio if e.test_mask_ratio is not None else tcfg.decoder.test_mask_ratio)
+    trigger_file = vinfo.get("trigger_file")
+    aux_train, aux_val = aux_split(tcfg, trigger_file).split(float(tcfg.data.val_fraction), tcfg.seed)
+    ctx = EvalContext(victim, module.model, ratio, build_trigger(tcfg, trigger_file), int(tcfg.attack.target),
+                      reference=aux_train, calibration=aux_val, batch_size=int(e.batch_size), n_masks=int(e.n_masks),
+                      seed=int(e.seed), trusted=trusted, name=str(run))
+    return LoadedRun(tcfg, ctx, module)
+
+
+def _check_run_dir(key: str, value) -> Path | None:
+    if not value:
+        return None
+    path = Path(value).expanduser().resolve()
+    if not (path / RESOLVED).is_file():
+        raise RunError(f"{key}={value} is not a train run directory (no {RESOLVED} in it)")
+    return path
+
+
+def test_sets(tcfg: DictConfig, e: DictConfig, trigger) -> tuple[ImageSet, ImageSet, ImageSet | None, dict | None]:
+    """Clean test images, triggered ones (outside the target class) and, with controls on, the
+    same images with the benign perturbation."""
+    test = home_split(tcfg, "test")
+    if e.n_test:
+        test = test.subset(torch.arange(min(int(e.n_test), len(test))))
+    source = test.subset(torch.nonzero(test.labels != int(tcfg.attack.target))[:, 0])
+    trig = source.triggered(trigger)
+    c = e.get("control") or {}
+    if not c.get("enabled", True):
+        return test, trig, None, None
+    benign = benign_perturbation(trigger, test.image_size, c.get("kind", "auto"), int(c.get("seed", 0)))
+    return test, trig, source.triggered(benign), benign.describe()
+
+
+def usable_detectors(names: list[str], requested, ctx: EvalContext) -> tuple[list[str], dict]:
+    """Drop detectors whose needs this evaluation cannot meet (an error when named explicitly)."""
+    from dede.detect.base import DETECTORS
+
+    have = {"decoder": ctx.model is not None, "reference": ctx.trusted is not None}
+    everything = requested == "all" or (not isinstance(requested, str) and "all" in list(requested or []))
+    keep, skipped = [], {}
+    for n in names:
+        missing = [need for need in DETECTORS[n].needs if not have[need]]
+        if not missing:
+            keep.append(n)
+        elif everything:
+            skipped[n] = f"needs {missing} (eval.reference.run for 'reference')"
+        else:
+            raise ValueError(f"detector {n!r} needs {missing}; for 'reference' give eval.reference.run=<train run "
+                             "of a trusted encoder>")
+    return keep, skipped
 
 
 def run_evaluate(cfg: DictConfig) -> dict:
@@ -78,82 +148,48 @@ def run_evaluate(cfg: DictConfig) -> dict:
     if run.is_dir() and is_multirun(run):
         return evaluate_multirun(run, out, lambda job, job_out: evaluate_run(job, cfg.eval, job_out, None,
                                                                              cfg.detectors))
-    return evaluate_run(run, cfg.eval, out, cfg, cfg.detectors)
+    return evaluate_run(run, cfg.eval, out, cfg, cfg.detectors, cfg.get("control_run"))
 
 
 def evaluate_run(run: Path, e: DictConfig, out: Path, cfg: DictConfig | None = None,
-                 detectors=("dede",)) -> dict:
+                 detectors=("dede",), control_run: str | None = None) -> dict:
     """Evaluate the train run in ``run`` with eval settings ``e``; write the report to ``out``.
     ``cfg`` (optional) supplies the loggers to send the results to; ``detectors`` names the
-    detectors to compare (``"all"``: every sample-level detector)."""
-    tcfg = load_run_config(run)
+    detectors to compare (``"all"``: every registered one); ``control_run`` is the train run of a
+    clean victim whose detectors score the same images (the clean-victim control)."""
+    names = resolve_detectors(detectors)
+    rule = ThresholdRule(e.threshold.rule, float(e.threshold.quantile), float(e.threshold.get("k", 2.0)))
+    control_dir = _check_run_dir("control_run", control_run)
+    trusted_dir = _check_run_dir("eval.reference.run", (e.get("reference") or {}).get("run"))
+    load_run_config(run)
     out.mkdir(parents=True, exist_ok=True)
     device = _device(e.device)
     L.seed_everything(int(e.seed), workers=True, verbose=False)
 
-    vinfo = json.loads((run / "victim.json").read_text())
-    victim, full = build_victim(**OmegaConf.to_container(tcfg.attack.victim, resolve=True))
-    load_victim_checkpoint(vinfo["path"], vinfo["format"], full)
-    victim = victim.to(device).eval()
-    module = load_decoder(run, victim.embed_dim, device)
-    model = module.model
-    ratio = float(e.test_mask_ratio if e.test_mask_ratio is not None else tcfg.decoder.test_mask_ratio)
+    trusted = load_run(trusted_dir, e, device).ctx if trusted_dir else None
+    main = load_run(run, e, device, trusted)
+    tcfg, ctx = main.cfg, main.ctx
+    names, skipped = usable_detectors(names, detectors, ctx)
+    control = load_run(control_dir, e, device, trusted).ctx if control_dir else None
+    test, trig, benign, benign_info = test_sets(tcfg, e, ctx.trigger)
 
-    trigger = build_trigger(tcfg, vinfo.get("trigger_file"))
-    target = int(tcfg.attack.target)
-    test = home_split(tcfg, "test")
-    if e.n_test:
-        test = test.subset(torch.arange(min(int(e.n_test), len(test))))
-    trig = test.subset(torch.nonzero(test.labels != target)[:, 0]).triggered(trigger)
-    aux_val = aux_split(tcfg, vinfo.get("trigger_file")).split(float(tcfg.data.val_fraction), tcfg.seed)[1]
-
-    s_clean, ips = _timed_scores(model, victim, test.images, ratio, e, e.seed)
-    s_trig, _ = _timed_scores(model, victim, trig.images, ratio, e, e.seed + 1)
-    s_cal, _ = _timed_scores(model, victim, aux_val.images, ratio, e, e.seed + 2)
-    det = detection_metrics(s_clean, s_trig, float(e.fpr_target))
-    thr_value = quantile_threshold(s_cal, float(e.threshold.quantile))
-    thr = apply_threshold(f"aux_quantile_{e.threshold.quantile}", thr_value, s_clean, s_trig)
-    med = apply_threshold("median", median_threshold(s_clean, s_trig), s_clean, s_trig)
-    log.info("detection: %s; threshold %s", det, thr.as_dict())
-
-    res = {**det, "threshold": thr.as_dict(), "other_thresholds": [med.as_dict()],
-           "n_clean": len(test), "n_triggered": len(trig), "n_calibration": len(aux_val),
-           "calibration_poisoned": int(aux_val.poisoned.sum()),
-           "attack": tcfg.attack.name, "aux_data": tcfg.data.name, "run": str(run), "test_mask_ratio": ratio,
-           "train_mask_ratio": float(tcfg.decoder.mask_ratio), "patch_size": int(tcfg.decoder.patch_size),
-           "scoring_images_per_second": ips,
-           "score_mean": {"clean": float(s_clean.mean()), "triggered": float(s_trig.mean())}}
-
-    ds = _Downstream(tcfg, e, victim, test, trig, target, device) if e.downstream.enabled else None
-    s_train = None
-    if ds is not None:
-        s_train = dede_scores(model, victim, ds.train.images, ratio, e.batch_size, e.seed + 3, e.n_masks,
-                              rule=e.score_rule)
-        before = ds.run()
-        after = ds.run(s_train <= thr_value, s_clean <= thr_value, s_trig <= thr_value)
-        knn = ds.knn()
-        log.info("downstream before: %s, after filtering: %s, k-NN: %s", before, after, knn)
-        res.update({"clean_accuracy": before["clean_accuracy"], "asr": before["asr"],
-                    "clean_accuracy_knn": knn["clean_accuracy"], "asr_knn": knn["asr"],
-                    "clean_accuracy_defended": after["clean_accuracy"], "asr_defended": after["asr"],
-                    "downstream_train_flagged": float((s_train > thr_value).double().mean())})
-    else:
-        res.update({k: float("nan") for k in ["clean_accuracy", "asr", "clean_accuracy_defended", "asr_defended",
-                                              "clean_accuracy_knn", "asr_knn"]})
-
-    names = resolve_detectors(detectors)
-    roc_scores = {"DeDe": (s_clean, s_trig)}
-    if names != ["dede"]:
-        dede_row = DetectorScores("dede", s_clean, s_trig, s_cal, s_train, ips)
-        table, roc_scores = compare_detectors(names, dede_row, model, victim, ratio, e, tcfg, test, trig, aux_val,
-                                              ds)
-        res["detectors"] = table
+    ds = _Downstream(tcfg, e, ctx.victim, test, trig, benign, ctx.target, device) if e.downstream.enabled else None
+    down = ds.before() if ds is not None else {}
+    sets = ImageSets(test.images, trig.images, None if benign is None else benign.images,
+                     ds.train.images if ds is not None else None)
+    rows, arrays = compare(names, ctx, sets, rule, float(e.fpr_target), ds.run if ds is not None else None,
+                           down.get("asr_benign", float("nan")), control, e.get("detector_args"))
+    res = _main_results(rows["dede"], arrays, rule, tcfg, run, ctx, test, trig, down)
+    res.update({"control": {"benign": benign_info, "clean_victim_run": str(control_dir) if control_dir else None},
+                "detectors": rows, "reference_run": str(trusted_dir) if trusted_dir else None})
+    if skipped:
+        res["detectors_skipped"] = skipped
+    write_npz_atomic(out / "scores.npz", arrays)
     if e.get("model_level") and e.model_level.get("enabled"):
-        res["model_level"] = model_level_checks(victim, tcfg, e, model, ratio)
+        res["model_level"] = run_model_checks(ctx, e.model_level, int(e.seed))
 
     if e.plots:
-        res["plots"] = _plots(out, model, victim, ratio, test, trig, s_clean, s_trig, det, thr_value, tcfg, e,
-                              roc_scores)
+        res["plots"] = _plots(out, ctx, test, trig, rows, arrays, tcfg, e)
     res["config"] = {"train": OmegaConf.to_container(tcfg, resolve=True),
                      "eval": OmegaConf.to_container(e, resolve=True), "detectors": names}
     write_results(out, res)
@@ -163,25 +199,63 @@ def evaluate_run(run: Path, e: DictConfig, out: Path, cfg: DictConfig | None = N
     return res
 
 
+def pairing_key(tcfg: DictConfig) -> str:
+    """Runs with the same key score the same test images with the same trigger: a `clean` run
+    with the key of an attack run is that run's clean-victim control in a multirun."""
+    from dede.victims.factory import config_hash
+
+    plain = OmegaConf.to_container(tcfg, resolve=True)
+    home = {k: v for k, v in plain["data"]["home"].items() if k not in ("root", "download")}
+    return config_hash({"home": home, "image_size": plain["data"]["image_size"],
+                        "trigger": plain["attack"]["trigger"], "target": plain["attack"]["target"]})
+
+
+def _main_results(row: dict, arrays: dict, rule: ThresholdRule, tcfg, run, ctx, test, trig, down: dict) -> dict:
+    """The top level of results.json: DeDe's (the paper's) row with its controls."""
+    s_clean, s_trig = (torch.from_numpy(arrays[f"dede/{k}"]) for k in ("clean", "triggered"))
+    thr = apply_threshold(rule.label, row["threshold"], s_clean, s_trig)
+    med = apply_threshold("median", median_threshold(s_clean, s_trig), s_clean, s_trig)
+    res = {k: row[k] for k in ("auroc", "auprc", "tpr_at_fpr_05")}
+    res.update({"threshold": thr.as_dict(), "other_thresholds": [med.as_dict()],
+                "n_clean": len(test), "n_triggered": len(trig), "n_calibration": len(ctx.calibration),
+                "calibration_poisoned": int(ctx.calibration.poisoned.sum()),
+                "attack": tcfg.attack.name, "aux_data": tcfg.data.name, "run": str(run),
+                "pairing": pairing_key(tcfg),
+                "test_mask_ratio": ctx.mask_ratio, "train_mask_ratio": float(tcfg.decoder.mask_ratio),
+                "patch_size": int(tcfg.decoder.patch_size), "scoring_images_per_second": row["images_per_second"],
+                "score_mean": {"clean": float(s_clean.mean()), "triggered": float(s_trig.mean())}})
+    nan = float("nan")
+    for k in ("clean_accuracy", "asr", "clean_accuracy_knn", "asr_knn"):
+        res[k] = down.get(k, nan)
+    res["clean_accuracy_defended"] = row.get("clean_accuracy_defended", nan)
+    res["asr_defended"] = row.get("asr_defended", nan)
+    for k in CONTROL_KEYS + ("flag_rate_clean", "flag_rate_triggered", "downstream_train_flagged"):
+        if k in row:
+            res[k] = row[k]
+    log.info("detection: %s; threshold %s", {k: res[k] for k in ("auroc", "auprc", "tpr_at_fpr_05")}, thr.as_dict())
+    return res
+
+
 class _Downstream:
     """The downstream protocol on the victim's home data: features computed once, one MLP
     trained per call (before filtering, and once per detector after filtering)."""
 
-    def __init__(self, tcfg, e, victim, test, trig, target, device) -> None:
+    def __init__(self, tcfg, e, victim, test, trig, benign, target, device) -> None:
         d = e.downstream
         train = home_split(tcfg, "train")
         if d.n_train:
             train = train.subset(torch.arange(min(int(d.n_train), len(train))))
         self.train = train
-        self.feats = {k: victim.embed(s.float_images()).cpu() for k, s in
-                      {"train": train, "test": test, "trig": trig}.items()}
-        n_classes = int(max(train.labels.max(), test.labels.max()) + 1)
+        sets = {"train": train, "test": test, "trig": trig} | ({"benign": benign} if benign is not None else {})
+        self.feats = {k: victim.embed(s.float_images()).cpu() for k, s in sets.items()}
+        self.n_classes = int(max(train.labels.max(), test.labels.max()) + 1)
         self.kw = dict(epochs=int(d.epochs), batch_size=int(d.batch_size), lr=float(d.lr), hidden=tuple(d.hidden),
                        dropout=float(d.dropout), seed=int(e.seed),
                        accelerator="gpu" if device.type == "cuda" else "cpu")
         # (train feats, train labels, test feats, test labels, triggered feats, target, classes)
         self.data = (self.feats["train"], train.labels, self.feats["test"], test.labels, self.feats["trig"], target,
-                     n_classes)
+                     self.n_classes)
+        self.target = target
         self.knn_kw = dict(k=int(d.knn_k), temperature=float(d.knn_temperature))
         self.device = device
 
@@ -189,25 +263,38 @@ class _Downstream:
         return downstream_metrics(train_classifier, *self.data, train_keep=train_keep, test_keep=test_keep,
                                   trig_keep=trig_keep, **self.kw)
 
-    def knn(self) -> dict:
-        """CA and ASR of the weighted k-NN classifier on the unfiltered features."""
+    def before(self) -> dict:
+        """CA / ASR without filtering, the ASR of the benign-perturbed images under the same
+        classifier, and the weighted k-NN classifier's CA / ASR."""
+        clf = train_classifier(self.feats["train"], self.train.labels, self.n_classes, **self.kw)
+        pred = {k: predict(clf, v) for k, v in self.feats.items() if k != "train"}
+        out = {"clean_accuracy": float((pred["test"] == self.data[3]).double().mean()),
+               "asr": float((pred["trig"] == self.target).double().mean())}
+        if "benign" in pred:
+            out["asr_benign"] = float((pred["benign"] == self.target).double().mean())
         bank, *rest = self.data
-        return knn_metrics(bank.to(self.device), *rest, **self.knn_kw)  # the vote runs where the bank is
+        knn = knn_metrics(bank.to(self.device), *rest, **self.knn_kw)  # the vote runs where the bank is
+        out.update({"clean_accuracy_knn": knn["clean_accuracy"], "asr_knn": knn["asr"]})
+        log.info("downstream before filtering: %s", out)
+        return out
 
 
-def _plots(out, model, victim, ratio, test, trig, s_clean, s_trig, det, thr_value, tcfg, e, roc_scores) -> dict:
+def _plots(out, ctx, test, trig, rows, arrays, tcfg, e) -> dict:
     title = f"{tcfg.attack.name} / {tcfg.data.name}"
     curves = {}
-    for name, (c, t) in roc_scores.items():
+    for name in rows:
+        c, t = (torch.from_numpy(arrays[f"{name}/{k}"]) for k in ("clean", "triggered"))
         fpr, tpr = roc_curve(c, t)
         curves[name] = (fpr, tpr, auroc(c, t))
     n = int(e.n_recon)
-    idx = torch.nonzero(test.labels != int(tcfg.attack.target))[:n, 0]
+    idx = torch.nonzero(test.labels != ctx.target)[:n, 0]
     clean_imgs = test.subset(idx).float_images()
     trig_imgs = trig.float_images()[:n]
+    model, victim, ratio = ctx.model, ctx.victim, ctx.mask_ratio
+    s_clean, s_trig = (torch.from_numpy(arrays[f"dede/{k}"]) for k in ("clean", "triggered"))
     return {
         "roc": plots.plot_roc(curves, out / "roc.png", title),
-        "histogram": plots.plot_histogram(s_clean, s_trig, thr_value, out / "score_hist.png", title),
+        "histogram": plots.plot_histogram(s_clean, s_trig, rows["dede"]["threshold"], out / "score_hist.png", title),
         "reconstructions": plots.plot_reconstructions({
             "clean": clean_imgs, "clean recon": reconstructions(model, victim, clean_imgs, ratio),
             "triggered": trig_imgs, "trig. recon": reconstructions(model, victim, trig_imgs, ratio)},
@@ -233,7 +320,8 @@ def _log(cfg: DictConfig, tcfg: DictConfig, res: dict) -> None:
                 from dede.report.results import DETECTOR_KEYS
 
                 lg.log_table("eval/detectors", columns=["detector"] + DETECTOR_KEYS,
-                             data=[[name] + [row[k] for k in DETECTOR_KEYS] for name, row in res["detectors"].items()])
+                             data=[[name] + [row.get(k, float("nan")) for k in DETECTOR_KEYS]
+                                   for name, row in res["detectors"].items()])
             if res.get("plots"):
                 lg.log_image("eval/plots", images=list(res["plots"].values()), caption=list(res["plots"]))
         lg.finalize("success")

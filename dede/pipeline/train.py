@@ -11,8 +11,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dede.decoder import AuxDataModule, DeDeModule
-from dede.pipeline.common import (aux_split, check_data_available, instantiate_list, route_lightning_logs,
-                                  write_json_atomic, write_text_atomic)
+from dede.io import write_json_atomic, write_text_atomic
+from dede.pipeline.common import aux_split, check_data_available, instantiate_list, route_lightning_logs
 from dede.validate import validate_train_config
 from dede.victims.factory import obtain_victim
 

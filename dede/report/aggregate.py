@@ -14,13 +14,14 @@ from pathlib import Path
 
 import yaml
 
-from dede.pipeline.common import write_json_atomic, write_text_atomic
-from dede.report.results import MAIN_KEYS, markdown_table
+from dede.io import write_json_atomic, write_text_atomic
+from dede.report.results import DETECTOR_KEYS, MAIN_KEYS, markdown_table
 
 # per-job keys of the multirun table: the main metrics plus the share of clean and of triggered
 # test images flagged at the run's calibrated threshold (on a `clean` victim the first must sit
 # near the nominal false-positive rate)
-TABLE_KEYS = MAIN_KEYS + ["asr_knn", "flag_rate_clean", "flag_rate_triggered"]
+TABLE_KEYS = MAIN_KEYS + ["asr_knn", "flag_rate_clean", "flag_rate_triggered", "auroc_vs_benign", "flag_rate_benign",
+                          "asr_benign", "auroc_clean_victim", "flag_rate_clean_victim"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,33 @@ def _with_flag_rates(res: dict) -> dict:
     return res | {"flag_rate_clean": thr["fpr"], "flag_rate_triggered": thr["tpr"]}
 
 
+def _seed_of(job: dict) -> str | None:
+    return next((o.split("=", 1)[1] for o in job["overrides"] if o.lstrip("+~").startswith("seed=")), None)
+
+
+def pair_clean_victims(jobs: list[dict]) -> None:
+    """Give every attack job without a clean-victim control the numbers of a `clean` job of the
+    same multirun that scored the same images with the same trigger (same ``pairing`` key;
+    the same seed when there is one): its AUROC and triggered flag rate, for the main detector
+    and for every detector both ran."""
+    clean = [j for j in jobs if j.get("results", {}).get("attack") == "clean" and j["results"].get("pairing")]
+    for j in jobs:
+        r = j.get("results")
+        if not r or r.get("attack") == "clean" or "auroc_clean_victim" in r or not r.get("pairing"):
+            continue
+        same = [c for c in clean if c["results"]["pairing"] == r["pairing"]]
+        match = next((c for c in same if _seed_of(c) == _seed_of(j)), same[0] if same else None)
+        if match is None:
+            continue
+        c = match["results"]
+        r["auroc_clean_victim"], r["flag_rate_clean_victim"] = c["auroc"], c["threshold"]["tpr"]
+        r["clean_victim_job"] = match["job"]
+        for name, row in (r.get("detectors") or {}).items():
+            crow = (c.get("detectors") or {}).get(name)
+            if crow and "auroc_clean_victim" not in row:
+                row["auroc_clean_victim"], row["flag_rate_clean_victim"] = crow["auroc"], crow["flag_rate_triggered"]
+
+
 def aggregate(jobs: list[dict], keys: list[str] = TABLE_KEYS) -> list[dict]:
     groups: dict[str, list[dict]] = defaultdict(list)
     for j in jobs:
@@ -74,6 +102,23 @@ def aggregate(jobs: list[dict], keys: list[str] = TABLE_KEYS) -> list[dict]:
         row = {"setting": name, "n_seeds": len(results)}
         for k in keys:
             row[k], row[f"{k}_std"] = _mean_std([r.get(k, float("nan")) for r in results])
+        rows.append(row)
+    return rows
+
+
+def aggregate_detectors(jobs: list[dict], keys: list[str] = DETECTOR_KEYS) -> list[dict]:
+    """One row per setting and detector: mean and std over seeds of every detector's metrics
+    (and of its controls)."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for j in jobs:
+        for name, row in (j.get("results", {}).get("detectors") or {}).items():
+            groups[(_group_key(j["overrides"]), name)].append(row)
+    rows = []
+    for (setting, name), results in groups.items():
+        row = {"setting": setting, "detector": name, "n_seeds": len(results)}
+        for k in keys:
+            if any(k in r for r in results):
+                row[k], row[f"{k}_std"] = _mean_std([r.get(k, float("nan")) for r in results])
         rows.append(row)
     return rows
 
@@ -104,9 +149,11 @@ def evaluate_multirun(path: Path, out: Path, evaluate_job) -> dict:
     if jobs and all("error" in j for j in jobs):
         raise RuntimeError(f"no job of the multirun {path} could be evaluated: " +
                            "; ".join(f"{j['job']}: {j['error']}" for j in jobs))
+    pair_clean_victims(jobs)
     rows = aggregate(jobs)
+    det_rows = aggregate_detectors(jobs)
     report = {"multirun": str(path), "n_jobs": len(jobs), "n_failed": sum("error" in j for j in jobs),
-              "aggregate": rows, "jobs": jobs}
+              "aggregate": rows, "detectors": det_rows, "jobs": jobs}
     plot = _auroc_vs_mask_ratio(jobs, out)
     if plot:
         report["plots"] = {"auroc_vs_mask_ratio": plot}
@@ -114,6 +161,10 @@ def evaluate_multirun(path: Path, out: Path, evaluate_job) -> dict:
     cols = ["setting", "n_seeds"] + [c for k in TABLE_KEYS for c in (k, f"{k}_std") if rows and k in rows[0]]
     md = [f"# Multirun {path}", "", f"{len(jobs)} jobs, {report['n_failed']} failed; mean and std over seeds.", "",
           markdown_table(rows, cols), ""]
+    if det_rows:
+        dcols = ["setting", "detector", "n_seeds"] + [c for k in DETECTOR_KEYS for c in (k, f"{k}_std")
+                                                      if any(k in r for r in det_rows)]
+        md += ["## Detectors (mean and std over seeds)", "", markdown_table(det_rows, dcols), ""]
     md += [f"- job {j['job']} failed: {j['error']}" for j in jobs if "error" in j]
     if plot:
         md += ["", f"![AUROC vs mask ratio]({Path(plot).name})"]

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dede.pipeline.common import write_json_atomic, write_text_atomic
+from dede.io import write_json_atomic, write_text_atomic
 
-DETECTOR_KEYS = ["auroc", "auprc", "tpr_at_fpr_05", "images_per_second", "flag_rate_clean", "clean_accuracy_defended",
-                 "asr_defended"]
+# the controls of a detection number: triggered vs benign-perturbed images, and the same images
+# scored on a clean victim (with control_run)
+CONTROL_KEYS = ("auroc_vs_benign", "flag_rate_benign", "asr_benign", "auroc_clean_victim", "flag_rate_clean_victim")
+DETECTOR_KEYS = ["auroc", "auroc_vs_benign", "auroc_clean_victim", "tpr_at_fpr_05", "flag_rate_clean",
+                 "flag_rate_triggered", "flag_rate_benign", "flag_rate_clean_victim", "clean_accuracy_defended",
+                 "asr_defended", "images_per_second"]
 MAIN_KEYS = ["auroc", "auprc", "tpr_at_fpr_05", "clean_accuracy", "asr", "clean_accuracy_defended", "asr_defended"]
 # the weighted k-NN classifier's view of the victim (shown when present)
 KNN_KEYS = ["clean_accuracy_knn", "asr_knn"]
@@ -28,12 +32,16 @@ def results_markdown(res: dict) -> str:
            f"test mask ratio {res.get('test_mask_ratio')}.", "", "## Detection and downstream effect", "",
            markdown_table([res], MAIN_KEYS + [k for k in KNN_KEYS if k in res]), "",
            "CA / ASR: the downstream MLP; `_knn`: a weighted k-NN classifier on the same features.", "",
+           "## Controls", "", markdown_table([res], [k for k in CONTROL_KEYS if k in res]) if any(
+               k in res for k in CONTROL_KEYS) else "No controls (eval.control.enabled=false, no control_run).", "",
+           _controls_text(res), "",
            "## Thresholds", "",
            markdown_table([thr] + res.get("other_thresholds", []), ["rule", "value", "tpr", "fpr"]), "",
            f"The `{thr['rule']}` threshold is calibrated on held-out auxiliary images only (no triggered test data); "
            "`median` is the original code's rule over the 1:1 test mix, shown for comparison.", ""]
     if res.get("detectors"):
-        cols = ["detector"] + DETECTOR_KEYS
+        present = {k for v in res["detectors"].values() for k in v}
+        cols = ["detector"] + [k for k in DETECTOR_KEYS if k in present]
         rows = [{"detector": k, **v} for k, v in res["detectors"].items()]
         out += ["## Detector comparison", "", "Every detector is calibrated on held-out auxiliary images "
                 "(same quantile); downstream CA / ASR after filtering use that threshold.", "",
@@ -56,6 +64,19 @@ def results_markdown(res: dict) -> str:
     if res.get("plots"):
         out += ["## Plots", ""] + [f"![{k}]({Path(v).name})" for k, v in res["plots"].items()] + [""]
     return "\n".join(out)
+
+
+def _controls_text(res: dict) -> str:
+    c = res.get("control") or {}
+    parts = []
+    if c.get("benign"):
+        parts.append(f"Benign perturbation: {c['benign']} on the same clean test images as the trigger "
+                     "(`auroc_vs_benign`: triggered vs benign-perturbed; `asr_benign`: the backdoor should not fire).")
+    if c.get("clean_victim_run"):
+        parts.append(f"Clean-victim control: the same images scored with the victim and decoder of "
+                     f"`{c['clean_victim_run']}` (`auroc_clean_victim` should be near 0.5 for a backdoor-specific "
+                     "detector).")
+    return " ".join(parts)
 
 
 def write_results(out_dir: Path, res: dict) -> None:

@@ -7,7 +7,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from dede.report.results import MAIN_KEYS
+from dede.report.results import CONTROL_KEYS, DETECTOR_KEYS, MAIN_KEYS
 
 
 def show(path: str) -> None:
@@ -18,13 +18,20 @@ def show(path: str) -> None:
     table.add_row(*(f"{res[k]:.4f}" for k in MAIN_KEYS))
     console = Console(width=max(120, Console().width))
     console.print(table)
+    controls = [k for k in CONTROL_KEYS if k in res]
+    if controls:
+        t1 = Table(title="controls (DeDe)")
+        for k in controls:
+            t1.add_column(k, justify="right")
+        t1.add_row(*(f"{res[k]:.4f}" for k in controls))
+        console.print(t1)
     thr = res["threshold"]
     console.print(f"threshold {thr['rule']} = {thr['value']:.3f}: TPR {thr['tpr']:.3f}, FPR {thr['fpr']:.3f} "
                   f"({res['n_clean']} clean, {res['n_triggered']} triggered test images)")
     if "detectors" in res:
         t2 = Table(title="detector comparison")
-        cols = ["auroc", "auprc", "tpr_at_fpr_05", "flag_rate_clean", "clean_accuracy_defended", "asr_defended",
-                "images_per_second"]
+        present = {k for row in res["detectors"].values() for k in row}
+        cols = [k for k in DETECTOR_KEYS if k in present]
         t2.add_column("detector")
         for c in cols:
             t2.add_column(c, justify="right")

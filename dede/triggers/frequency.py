@@ -96,15 +96,20 @@ class FrequencyTrigger(Trigger):
         self.check_size(h)
         if w != h:
             self.check_size(w)
+        return self.add_in_dct(x, self._delta)
+
+    def add_in_dct(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """Add ``delta`` to the DCT coefficients of every YUV window of ``x``: one perturbation
+        ``(3, n, n)`` for all images, or one per image ``(B, 3, n, n)``."""
         work = torch.float64 if x.dtype == torch.float64 else torch.float32
         fwd, inv = self._rgb_to_yuv.to(x.device, work), self._yuv_to_rgb.to(x.device, work)
-        d, delta = self._dct.to(x.device, work), self._delta.to(x.device, work)
+        d, delta = self._dct.to(x.device, work), delta.to(x.device, work)
         n = self.window_size
 
         yuv = torch.einsum("cd,bdhw->bchw", fwd, x.to(work) * 255.0)
         win = rearrange(yuv, "b c (nh p) (nw q) -> b c nh nw p q", p=n, q=n)
         coef = d @ win @ d.T
-        coef = coef + delta[None, :, None, None]
+        coef = coef + (delta[None, :, None, None] if delta.ndim == 3 else delta[:, :, None, None])
         win = d.T @ coef @ d
         yuv = rearrange(win, "b c nh nw p q -> b c (nh p) (nw q)")
         rgb = torch.einsum("cd,bdhw->bchw", inv, yuv) / 255.0

@@ -1,0 +1,77 @@
+"""The evaluation context: everything about one evaluated run that detectors need, built once
+and passed down (instead of the root config)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from dede.data import ImageSet
+from dede.decoder.model import DeDeModel
+from dede.triggers import Trigger
+from dede.victims.encoders import Victim
+
+
+def as_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = images.to(device, non_blocking=True)
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+
+@dataclass
+class EvalContext:
+    victim: Victim
+    model: DeDeModel | None  # the run's DeDe decoder (None: embedding detectors only)
+    mask_ratio: float  # test-time mask ratio of the decoder
+    trigger: Trigger  # the attack's trigger (an optimised one read from the run's trigger file)
+    target: int
+    reference: ImageSet  # the defender's auxiliary training images
+    calibration: ImageSet  # held-out auxiliary images: thresholds are calibrated on their scores
+    batch_size: int = 512
+    n_masks: int = 1
+    seed: int = 0
+    trusted: "EvalContext | None" = None  # a trusted encoder + decoder (eval.reference.run)
+    name: str = ""
+    # memo of per-image results of whole image tensors: key -> (tensor kept alive, value, seconds)
+    _memo: dict = field(default_factory=dict, repr=False)
+    charged_seconds: float = 0.0  # compute time of memoised results handed out again
+
+    @property
+    def device(self) -> torch.device:
+        return self.victim.mean.device
+
+    def _memoised(self, kind: str, images: torch.Tensor, compute) -> torch.Tensor:
+        key = (kind, images.data_ptr(), tuple(images.shape), images.dtype)
+        hit = self._memo.get(key)
+        if hit is not None:
+            self.charged_seconds += hit[2]
+            return hit[1]
+        t0 = time.perf_counter()
+        value = compute()
+        self._memo[key] = (images, value, time.perf_counter() - t0)
+        return value
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Victim embeddings ``(N, D)`` on the device (memoised per image tensor)."""
+        return self._memoised("embed", images, lambda: torch.cat([
+            self.victim(as_float(images[i:i + self.batch_size], self.device)).float()
+            for i in range(0, len(images), self.batch_size)]) if len(images) else
+            torch.empty(0, self.victim.embed_dim, device=self.device))
+
+    @torch.no_grad()
+    def patch_errors(self, images: torch.Tensor) -> torch.Tensor:
+        """DeDe's per-patch reconstruction errors ``(N, T)`` at the test mask ratio (memoised)."""
+        if self.model is None:
+            raise RuntimeError("this evaluation has no DeDe decoder")
+
+        def compute():
+            emb = self.embed(images)
+            g = torch.Generator(device=self.device).manual_seed(int(self.seed))
+            self.model.eval()
+            out = [self.model.patch_errors(as_float(images[i:i + self.batch_size], self.device),
+                                           emb[i:i + self.batch_size], self.mask_ratio, g, self.n_masks)
+                   for i in range(0, len(images), self.batch_size)]
+            return torch.cat(out) if out else torch.empty(0, self.model.num_patches, device=self.device)
+
+        return self._memoised("patch_errors", images, compute)
