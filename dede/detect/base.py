@@ -16,7 +16,8 @@ Thresholds, the benign-perturbation and clean-victim controls, downstream filter
 score file and the tables are computed once for every registered detector by
 `dede.detect.harness`; a detector only scores. ``needs`` names what it needs beyond the victim
 and the auxiliary data (``"decoder"``: the run's DeDe decoder; ``"reference"``: a trusted
-encoder and decoder, ``eval.reference.run``); a detector whose needs are not met is skipped
+encoder and decoder, ``eval.reference.run``; ``"probe"``: the downstream classifier trained on
+the victim's features, ``ctx.probe_logits``); a detector whose needs are not met is skipped
 by ``detectors=all`` and is an error when named.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 if TYPE_CHECKING:  # pragma: no cover
     from dede.detect.context import EvalContext
 
-NEEDS = ("decoder", "reference")
+NEEDS = ("decoder", "reference", "probe")
 
 
 class Detector:

@@ -31,6 +31,7 @@ class EvalContext:
     n_masks: int = 1
     seed: int = 0
     trusted: "EvalContext | None" = None  # a trusted encoder + decoder (eval.reference.run)
+    probe: torch.nn.Module | None = None  # the downstream classifier on victim features (None: no downstream)
     name: str = ""
     # memo of per-image results of whole image tensors: key -> (tensor kept alive, value, seconds)
     _memo: dict = field(default_factory=dict, repr=False)
@@ -58,6 +59,17 @@ class EvalContext:
             self.victim(as_float(images[i:i + self.batch_size], self.device)).float()
             for i in range(0, len(images), self.batch_size)]) if len(images) else
             torch.empty(0, self.victim.embed_dim, device=self.device))
+
+    @torch.no_grad()
+    def probe_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits of the downstream classifier for images (uint8 or [0, 1] float), batch by batch;
+        not memoised (detectors call it on perturbed copies)."""
+        if self.probe is None:
+            raise RuntimeError("this evaluation has no downstream classifier (eval.downstream.enabled=false)")
+        dev = next(self.probe.parameters()).device
+        out = [self.probe(self.victim(as_float(images[i:i + self.batch_size], self.device)).float().to(dev))
+               for i in range(0, len(images), self.batch_size)]
+        return torch.cat(out) if out else torch.empty(0)
 
     @torch.no_grad()
     def patch_errors(self, images: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from dede.data import ImageSet
 from dede.decoder import DeDeModule
 from dede.detect import apply_threshold, auroc, median_threshold, reconstructions, roc_curve
-from dede.detect.base import resolve_detectors
+from dede.detect.base import DETECTORS, resolve_detectors
 from dede.detect.context import EvalContext
 from dede.detect.harness import ImageSets, ThresholdRule, compare
 from dede.detect.model_level import run_model_checks
@@ -121,11 +121,10 @@ def test_sets(tcfg: DictConfig, e: DictConfig, trigger) -> tuple[ImageSet, Image
     return test, trig, source.triggered(benign), benign.describe()
 
 
-def usable_detectors(names: list[str], requested, ctx: EvalContext) -> tuple[list[str], dict]:
+def usable_detectors(names: list[str], requested, have: dict[str, bool]) -> tuple[list[str], dict]:
     """Drop detectors whose needs this evaluation cannot meet (an error when named explicitly)."""
     from dede.detect.base import DETECTORS
 
-    have = {"decoder": ctx.model is not None, "reference": ctx.trusted is not None}
     everything = requested == "all" or (not isinstance(requested, str) and "all" in list(requested or []))
     keep, skipped = [], {}
     for n in names:
@@ -136,7 +135,7 @@ def usable_detectors(names: list[str], requested, ctx: EvalContext) -> tuple[lis
             skipped[n] = f"needs {missing} (eval.reference.run for 'reference')"
         else:
             raise ValueError(f"detector {n!r} needs {missing}; for 'reference' give eval.reference.run=<train run "
-                             "of a trusted encoder>")
+                             "of a trusted encoder>, for 'probe' keep eval.downstream.enabled=true")
     return keep, skipped
 
 
@@ -158,9 +157,11 @@ def evaluate_run(run: Path, e: DictConfig, out: Path, cfg: DictConfig | None = N
     detectors to compare (``"all"``: every registered one); ``control_run`` is the train run of a
     clean victim whose detectors score the same images (the clean-victim control)."""
     names = resolve_detectors(detectors)
+    trusted_dir = _check_run_dir("eval.reference.run", (e.get("reference") or {}).get("run"))
+    names, skipped = usable_detectors(names, detectors, {"decoder": True, "reference": trusted_dir is not None,
+                                                         "probe": bool(e.downstream.enabled)})
     rule = ThresholdRule(e.threshold.rule, float(e.threshold.quantile), float(e.threshold.get("k", 2.0)))
     control_dir = _check_run_dir("control_run", control_run)
-    trusted_dir = _check_run_dir("eval.reference.run", (e.get("reference") or {}).get("run"))
     load_run_config(run)
     out.mkdir(parents=True, exist_ok=True)
     device = _device(e.device)
@@ -169,12 +170,17 @@ def evaluate_run(run: Path, e: DictConfig, out: Path, cfg: DictConfig | None = N
     trusted = load_run(trusted_dir, e, device).ctx if trusted_dir else None
     main = load_run(run, e, device, trusted)
     tcfg, ctx = main.cfg, main.ctx
-    names, skipped = usable_detectors(names, detectors, ctx)
     control = load_run(control_dir, e, device, trusted).ctx if control_dir else None
     test, trig, benign, benign_info = test_sets(tcfg, e, ctx.trigger)
 
     ds = _Downstream(tcfg, e, ctx.victim, test, trig, benign, ctx.target, device) if e.downstream.enabled else None
     down = ds.before() if ds is not None else {}
+    if ds is not None:
+        ctx.probe = ds.classifier
+        if control is not None and any("probe" in DETECTORS[n].needs for n in names):
+            # the clean victim's own probe, trained the same way on its features
+            control.probe = _Downstream(load_run_config(control_dir), e, control.victim, test, trig, None, ctx.target,
+                                        device).fit_classifier()
     sets = ImageSets(test.images, trig.images, None if benign is None else benign.images,
                      ds.train.images if ds is not None else None)
     rows, arrays = compare(names, ctx, sets, rule, float(e.fpr_target), ds.run if ds is not None else None,
@@ -263,10 +269,14 @@ class _Downstream:
         return downstream_metrics(train_classifier, *self.data, train_keep=train_keep, test_keep=test_keep,
                                   trig_keep=trig_keep, **self.kw)
 
+    def fit_classifier(self):
+        """The downstream MLP on the unfiltered training features."""
+        return train_classifier(self.feats["train"], self.train.labels, self.n_classes, **self.kw)
+
     def before(self) -> dict:
         """CA / ASR without filtering, the ASR of the benign-perturbed images under the same
         classifier, and the weighted k-NN classifier's CA / ASR."""
-        clf = train_classifier(self.feats["train"], self.train.labels, self.n_classes, **self.kw)
+        clf = self.classifier = self.fit_classifier()
         pred = {k: predict(clf, v) for k, v in self.feats.items() if k != "train"}
         out = {"clean_accuracy": float((pred["test"] == self.data[3]).double().mean()),
                "asr": float((pred["trig"] == self.target).double().mean())}
