@@ -48,3 +48,16 @@ def test_auxiliary_data_carry_the_runs_optimised_trigger(tmp_path):
     assert torch.all(poisoned[:, :, r:r + 4, r:r + 4] == expect)
     assert not torch.any((ctx.reference.images[~ctx.reference.poisoned][:, :, r:r + 4, r:r + 4] == expect).flatten(1)
                          .all(1))
+
+
+def test_reference_run_keeps_the_suspects_data_and_changes_attack_and_seed(tmp_path):
+    from dede.pipeline.reference import SEED_OFFSET, reference_overrides
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text(
+        "- attack=badencoder\n- attack.make.epochs=3\n- seed=2\n- data.home.n_train=500\n- decoder.epochs=4\n"
+        "- hydra.run.dir=/x\n- eval_after_train=true\n- trainer=cpu\n")
+    args = reference_overrides(run, 2)
+    assert args == ["data.home.n_train=500", "decoder.epochs=4", "trainer=cpu", "attack=clean",
+                    f"seed={2 + SEED_OFFSET}", "data.poison_rate=0.0", "logger=csv"]

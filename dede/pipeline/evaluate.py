@@ -157,9 +157,14 @@ def evaluate_run(run: Path, e: DictConfig, out: Path, cfg: DictConfig | None = N
     detectors to compare (``"all"``: every registered one); ``control_run`` is the train run of a
     clean victim whose detectors score the same images (the clean-victim control)."""
     names = resolve_detectors(detectors)
-    trusted_dir = _check_run_dir("eval.reference.run", (e.get("reference") or {}).get("run"))
-    names, skipped = usable_detectors(names, detectors, {"decoder": True, "reference": trusted_dir is not None,
+    ref = (e.get("reference") or {}).get("run")
+    trusted_dir = None if ref == "auto" else _check_run_dir("eval.reference.run", ref)
+    names, skipped = usable_detectors(names, detectors, {"decoder": True, "reference": bool(ref),
                                                          "probe": bool(e.downstream.enabled)})
+    if ref == "auto" and "dede_ref" in names:
+        from dede.pipeline.reference import ensure_reference_run
+
+        trusted_dir = ensure_reference_run(run, int(load_run_config(run).seed), Path(e.reference.cache_dir))
     rule = ThresholdRule(e.threshold.rule, float(e.threshold.quantile), float(e.threshold.get("k", 2.0)))
     control_dir = _check_run_dir("control_run", control_run)
     load_run_config(run)
