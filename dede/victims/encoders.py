@@ -253,20 +253,39 @@ def build_victim(arch: str, mean=None, std=None, image_size: int = 32, width: in
 
     The CLIP victims are the image tower ``full.visual``; other keyword arguments are ignored.
     """
+    if arch not in ARCH_BUILDERS:
+        raise ValueError(f"unknown victim arch {arch!r}; known: {list(ARCHS)}")
     if arch in RESNET_ARCHS:
         width = 64 if width is None else int(width)
         blocks = (2, 2, 2, 2) if blocks is None else tuple(int(b) for b in blocks)
-        if arch == "simclr_resnet":
-            full = SimCLRNet(width, blocks)
-            return Victim(full.f, mean, std, full.f.out_dim, image_size), full
-        if arch == "ctrl_resnet":
-            full = CTRLNet(width, blocks)
-            return Victim(full.backbone, mean, std, full.backbone.out_dim, image_size), full
-        full = SupervisedResNet(width, blocks, num_classes=int(kw.get("num_classes", 10)))
-        return Victim(SharedTrunk(full), mean, std, full.out_dim, image_size), full
-    if arch in CLIP_ARCHS:
+    full, trunk, dim = ARCH_BUILDERS[arch](image_size=image_size, width=width, blocks=blocks, **kw)
+    return Victim(trunk, mean, std, dim, image_size), full
+
+
+def _simclr(width, blocks, **_):
+    full = SimCLRNet(width, blocks)
+    return full, full.f, full.f.out_dim
+
+
+def _ctrl(width, blocks, **_):
+    full = CTRLNet(width, blocks)
+    return full, full.backbone, full.backbone.out_dim
+
+
+def _supervised(width, blocks, num_classes=10, **_):
+    full = SupervisedResNet(width, blocks, num_classes=int(num_classes))
+    return full, SharedTrunk(full), full.out_dim
+
+
+def _clip(arch):
+    def make(image_size, width, blocks, **kw):
         from dede.victims.clip import build_clip
 
         full = build_clip(arch, image_size=image_size, width=width, blocks=blocks, **kw)
-        return Victim(full.visual, mean, std, full.visual.output_dim, image_size), full
-    raise ValueError(f"unknown victim arch {arch!r}; known: {list(ARCHS)}")
+        return full, full.visual, full.visual.output_dim
+    return make
+
+
+# victim arch -> builder(image_size, width, blocks, **kw) -> (full model, victim trunk, embedding size)
+ARCH_BUILDERS = {"simclr_resnet": _simclr, "ctrl_resnet": _ctrl, "supervised_resnet": _supervised,
+                 "clip_rn50": _clip("clip_rn50"), "clip_small": _clip("clip_small")}
