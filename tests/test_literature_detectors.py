@@ -22,11 +22,12 @@ from torch import nn
 from dede.data import ImageSet
 from dede.detect.base import DETECTORS, build_detector, resolve_detectors
 from dede.detect.context import EvalContext
+from dede.detect.literature import _components
 from dede.detect.metrics import auroc
 from dede.victims.encoders import Victim
 
 SIZE, N_CLASSES, THRESHOLD, SATURATION = 32, 4, 0.47, 0.4
-NEW = ["isolation_forest", "lid"]
+NEW = ["mask_consistency", "isolation_forest", "lid"]
 BASE = torch.tensor([[0.30, 0.08, 0.08], [0.08, 0.30, 0.08], [0.08, 0.08, 0.30], [0.26, 0.26, 0.05]])
 
 
@@ -151,11 +152,16 @@ def test_flags_the_planted_trigger_only_on_the_backdoored_encoder(name, contexts
 
 @pytest.mark.parametrize("name", NEW)
 def test_which_detectors_flag_a_patch_that_an_encoder_without_backdoor_sees(name, test_images):
-    """Without the saturation the clean encoder sees the white patch: the isolation forest then
-    flags it with no backdoor at all (why every comparison carries the clean-victim control); LID
-    does not."""
+    """Without the saturation the clean encoder sees the white patch: the encoder-only
+    progressive masking and isolation forest then flag it with no backdoor at all (why every
+    comparison carries the clean-victim control); the others do not."""
     a = detector_auroc(name, planted_context(False, saturation=None), test_images)
-    assert a > 0.7 if name == "isolation_forest" else a <= 0.6
+    assert a > 0.7 if name in ("mask_consistency", "isolation_forest") else a <= 0.6
+
+
+@pytest.mark.parametrize("kwargs", [{"score": "max_step"}, {"score": "clusters", "eps": 0.05}, {"fill": "zero"}])
+def test_mask_consistency_options_flag_the_planted_trigger(kwargs, contexts, test_images):
+    assert detector_auroc("mask_consistency", contexts[True], test_images, **kwargs) >= 0.9
 
 
 @pytest.mark.parametrize("name", NEW)
@@ -174,3 +180,18 @@ def test_every_new_detector_is_registered_with_its_needs():
     for name in NEW:
         assert DETECTORS[name].needs == (("probe",) if name in ("teco", "scale_up", "strip") else ())
         assert DETECTORS[name].__doc__
+
+
+def test_single_linkage_components():
+    d = torch.tensor([[0, 0.05, 0.5, 0.55], [0.05, 0, 0.45, 0.5], [0.5, 0.45, 0, 0.05], [0.55, 0.5, 0.05, 0]])
+    assert [float(_components(d, eps)) for eps in (0.01, 0.1, 0.9)] == [4.0, 2.0, 1.0]
+    chain = torch.cdist(torch.arange(6.0)[:, None], torch.arange(6.0)[:, None])  # steps of 1: one cluster at eps 1
+    assert float(_components(chain, 1.0)) == 1.0 and float(_components(chain, 0.5)) == 6.0
+
+
+@pytest.mark.parametrize("name, kwargs, match", [
+    ("mask_consistency", {"score": "entropy"}, "score="),
+])
+def test_bad_settings_fail_with_a_message(name, kwargs, match, contexts):
+    with pytest.raises(ValueError, match=match):
+        build_detector(name, **kwargs).fit(contexts[True])
