@@ -13,21 +13,23 @@ which detectors then flag it anyway is pinned down too.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms.v2 import functional as TF
 
 from dede.data import ImageSet
 from dede.detect.base import DETECTORS, build_detector, resolve_detectors
 from dede.detect.context import EvalContext
-from dede.detect.literature import _components
+from dede.detect.literature import CORRUPTIONS, _components
 from dede.detect.metrics import auroc
 from dede.victims.encoders import Victim
 
 SIZE, N_CLASSES, THRESHOLD, SATURATION = 32, 4, 0.47, 0.4
-NEW = ["mask_consistency", "isolation_forest", "lid"]
+NEW = ["mask_consistency", "teco", "scale_up", "strip", "isolation_forest", "lid"]
 BASE = torch.tensor([[0.30, 0.08, 0.08], [0.08, 0.30, 0.08], [0.08, 0.08, 0.30], [0.26, 0.26, 0.05]])
 
 
@@ -182,6 +184,26 @@ def test_every_new_detector_is_registered_with_its_needs():
         assert DETECTORS[name].__doc__
 
 
+def test_corruptions_keep_shape_and_range_blur_as_torchvision_jpeg_blockwise():
+    x = torch.rand(2, 3, 30, 20)
+    noise = torch.randn(3, 30, 20)
+    for name, (fn, severities) in CORRUPTIONS.items():
+        for v in severities:
+            y = fn(x, v, noise)
+            assert y.shape == x.shape and 0 <= y.min() and y.max() <= 1, name
+    for sigma in CORRUPTIONS["gaussian_blur"][1]:  # the separable blur is torchvision's
+        k = 2 * math.ceil(3 * sigma) + 1
+        torch.testing.assert_close(CORRUPTIONS["gaussian_blur"][0](x, sigma, noise),
+                                   TF.gaussian_blur(x, [k, k], [sigma, sigma]), atol=1e-5, rtol=0)
+    jpeg = CORRUPTIONS["jpeg"][0]
+    flat = torch.full((1, 3, 32, 24), 128 / 255)
+    dot = flat.clone()
+    dot[0, 1, 10, 17] = 1.0
+    changed = (jpeg(dot, 40.0, None) - jpeg(flat, 40.0, None)).abs() > 1e-6
+    _, c, r, q = torch.nonzero(changed, as_tuple=True)
+    assert c.unique().tolist() == [1] and (r // 8).unique().tolist() == [1] and (q // 8).unique().tolist() == [2]
+
+
 def test_single_linkage_components():
     d = torch.tensor([[0, 0.05, 0.5, 0.55], [0.05, 0, 0.45, 0.5], [0.5, 0.45, 0, 0.05], [0.55, 0.5, 0.05, 0]])
     assert [float(_components(d, eps)) for eps in (0.01, 0.1, 0.9)] == [4.0, 2.0, 1.0]
@@ -191,6 +213,9 @@ def test_single_linkage_components():
 
 @pytest.mark.parametrize("name, kwargs, match", [
     ("mask_consistency", {"score": "entropy"}, "score="),
+    ("teco", {"corruptions": ["fog"]}, "corruptions="),
+    ("scale_up", {"factors": [0]}, "factors="),
+    ("strip", {"n_blend": 64}, "calibration set has 48"),
 ])
 def test_bad_settings_fail_with_a_message(name, kwargs, match, contexts):
     with pytest.raises(ValueError, match=match):
