@@ -65,6 +65,7 @@ def register_detector(name: str, needs: tuple[str, ...] = ()) -> Callable[[type[
 
 def _load_builtin() -> None:
     import dede.detect.detectors  # noqa: F401  (registers the built-in detectors)
+    import dede.detect.literature  # noqa: F401  (and those from the literature)
 
 
 def known_detectors() -> list[str]:

@@ -1,5 +1,5 @@
-"""Sample-level baselines on victim embeddings: k-NN distance, SLOF, DAO, Mahalanobis and the
-feature norm. Scores: higher = more anomalous.
+"""Sample-level baselines on victim embeddings: k-NN distance, SLOF, DAO, LID, Mahalanobis and
+the feature norm. Scores: higher = more anomalous.
 
 All run on the tensors' device and process queries in chunks, so 10k+ queries against 10k+
 reference embeddings never materialise a full N x M distance matrix: each chunk keeps only its
@@ -46,13 +46,26 @@ def knn_distance(reference: torch.Tensor, query: torch.Tensor, k: int = 16, metr
     return knn(reference, query, k, metric, chunk)[0].mean(1)
 
 
+def lid_mle(d: torch.Tensor) -> torch.Tensor:
+    """MLE local intrinsic dimensionality from the ascending distances ``(N, k)`` of each point to
+    its k nearest neighbours: ``-1 / mean_i log(d_i / d_k)``."""
+    kdist = d[:, -1:].clamp_min(EPS)
+    return -1.0 / torch.log(d.clamp_min(EPS) / kdist).mean(1).clamp_max(-EPS)
+
+
 def _reference_stats(reference: torch.Tensor, k: int, metric: str, chunk: int):
     """k-distance and MLE local intrinsic dimensionality of every reference point (itself excluded)."""
     d, _ = knn(reference, reference, k, metric, chunk, exclude_self=True)
-    kdist = d[:, -1].clamp_min(EPS)
-    # LID_MLE = -1 / mean_i log(d_i / d_k) over the k neighbours
-    lid = -1.0 / torch.log(d.clamp_min(EPS) / kdist[:, None]).mean(1).clamp_max(-EPS)
-    return kdist, lid
+    return d[:, -1].clamp_min(EPS), lid_mle(d)
+
+
+def lid(reference: torch.Tensor, query: torch.Tensor, k: int = 20, metric: str = "cosine",
+        chunk: int = 1024) -> torch.Tensor:
+    """LID (Ma et al., ICLR 2018; a backdoor-sample baseline in Huang et al., ICLR 2025): the MLE
+    local intrinsic dimensionality of the query estimated from its ``k`` nearest reference
+    points. A query off the reference data sees its neighbours at nearly equal distances, which
+    reads as a high dimensionality."""
+    return lid_mle(knn(reference, query, k, metric, chunk)[0])
 
 
 def slof(reference: torch.Tensor, query: torch.Tensor, k: int = 16, metric: str = "cosine",
