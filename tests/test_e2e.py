@@ -161,13 +161,15 @@ def test_detector_comparison_with_controls(trained, clean_run, tmp_path, cache_d
     run, _, main = trained
     out = tmp_path / "cmp"
     r = run_entry("evaluate.py", [f"run={run}", f"control_run={clean_run}", f"hydra.run.dir={out}", "logger=csv",
-                                  "detectors=all", "eval.downstream.epochs=10", "eval.model_level.enabled=true",
+                                  "detectors=all", "eval.downstream.epochs=10", "eval.downstream.n_train=1000",
+                                  "eval.model_level.enabled=true",
                                   "eval.model_level.decree_steps=30", "eval.model_level.decree_images=16"], cache_dir)
     assert r.returncode == 0, r.output[-3000:]
     res = json.loads((out / "results.json").read_text())
     table = res["detectors"]
     assert set(table) == {"dede", "dede_patch_top", "dede_ablate", "dede_transplant", "dao", "slof", "knn",
-                          "mahalanobis", "feature_norm"}
+                          "mahalanobis", "feature_norm", "lid", "isolation_forest", "mask_consistency", "teco",
+                          "scale_up", "strip"}
     assert "dede_ref" in res["detectors_skipped"]  # no eval.reference.run given
     for name, row in table.items():
         assert DETECTOR_FIELDS <= set(row), name

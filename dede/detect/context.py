@@ -66,7 +66,7 @@ class EvalContext:
         not memoised (detectors call it on perturbed copies)."""
         if self.probe is None:
             raise RuntimeError("this evaluation has no downstream classifier (eval.downstream.enabled=false)")
-        dev = next(self.probe.parameters()).device
+        dev = next(self.probe.parameters(), torch.empty(0, device=self.device)).device
         out = [self.probe(self.victim(as_float(images[i:i + self.batch_size], self.device)).float().to(dev))
                for i in range(0, len(images), self.batch_size)]
         return torch.cat(out) if out else torch.empty(0)

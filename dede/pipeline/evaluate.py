@@ -121,6 +121,11 @@ def test_sets(tcfg: DictConfig, e: DictConfig, trigger) -> tuple[ImageSet, Image
     return test, trig, source.triggered(benign), benign.describe()
 
 
+NEED_HINTS = {"decoder": "a train run with a DeDe decoder",
+              "reference": "give eval.reference.run=<train run of a trusted encoder> or auto",
+              "probe": "keep eval.downstream.enabled=true (the downstream classifier)"}
+
+
 def usable_detectors(names: list[str], requested, have: dict[str, bool]) -> tuple[list[str], dict]:
     """Drop detectors whose needs this evaluation cannot meet (an error when named explicitly)."""
     from dede.detect.base import DETECTORS
@@ -132,10 +137,9 @@ def usable_detectors(names: list[str], requested, have: dict[str, bool]) -> tupl
         if not missing:
             keep.append(n)
         elif everything:
-            skipped[n] = f"needs {missing} (eval.reference.run for 'reference')"
+            skipped[n] = f"needs {missing}: " + "; ".join(NEED_HINTS[m] for m in missing)
         else:
-            raise ValueError(f"detector {n!r} needs {missing}; for 'reference' give eval.reference.run=<train run "
-                             "of a trusted encoder>, for 'probe' keep eval.downstream.enabled=true")
+            raise ValueError(f"detector {n!r} needs {missing}: " + "; ".join(NEED_HINTS[m] for m in missing))
     return keep, skipped
 
 
