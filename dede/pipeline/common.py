@@ -1,14 +1,12 @@
 """Pieces shared by the train and evaluate entry points."""
 from __future__ import annotations
 
-import json
 import logging
-import os
-from pathlib import Path
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from dede.atomic import write_json_atomic, write_text_atomic  # noqa: F401 - the entry points' writers
 from dede.data import ImageSet, load_split
 from dede.victims.factory import build_trigger, home_split
 
@@ -40,20 +38,6 @@ def check_data_available(cfg: DictConfig) -> None:
     aux_split(cfg)
     home_split(cfg, "train")
     home_split(cfg, "test")
-
-
-def write_json_atomic(path: str | Path, obj) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str))
-    os.replace(tmp, path)
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def instantiate_list(node: DictConfig | None) -> list:
