@@ -234,7 +234,8 @@ def make_drupe(cfg: DictConfig, victim: Victim, full: torch.nn.Module, log_dir: 
     from hydra.utils import instantiate
 
     from dede.data import TensorBatches, make_loader
-    from dede.victims.factory import home_split, reference_images, victim_trainer
+    from dede.victims.factory import home_split, reference_images
+    from dede.victims.making import fit_victim
 
     m = cfg.attack.make
     home = home_split(cfg, "train")
@@ -250,4 +251,4 @@ def make_drupe(cfg: DictConfig, victim: Victim, full: torch.nn.Module, log_dir: 
                          weight_decay=m.weight_decay, lambda1=m.lambda1, lambda2=m.lambda2, **extra)
     loader = make_loader(TensorBatches(shadow.images), m.batch_size, shuffle=True, drop_last=True,
                          num_workers=cfg.data.num_workers, seed=cfg.seed)
-    victim_trainer(cfg, m.epochs, log_dir, "drupe").fit(module, loader)
+    fit_victim(cfg, module, loader, m.epochs, log_dir, "drupe")

@@ -12,12 +12,12 @@ from typing import Any, Callable
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from dede.data import ImageSet, TensorBatches, load_split, make_loader
 from dede.victims.checkpoints import load_victim_checkpoint, native_format, save_checkpoint
 from dede.victims.encoders import Victim, build_victim
+from dede.victims.making import fit_victim
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +45,6 @@ def home_split(cfg: DictConfig, split: str) -> ImageSet:
     n = h.get("n_train" if split == "train" else "n_test", 0)
     seed = h.get("seed", 0) + (0 if split == "train" else 1)
     return load_split(h.name, h.get(f"{split}_split", split), h.root, h.download, cfg.data.image_size, n, seed)
-
-
-def victim_trainer(cfg: DictConfig, epochs: int, log_dir: Path, name: str) -> L.Trainer:
-    """A trainer for making victims: the run's accelerator/devices/precision, its own epochs."""
-    return instantiate(cfg.trainer, max_epochs=int(epochs), logger=CSVLogger(str(log_dir), name=name),
-                       callbacks=[], enable_checkpointing=False, enable_model_summary=False,
-                       check_val_every_n_epoch=None, limit_val_batches=0)
 
 
 def reference_images(cfg: DictConfig, home: ImageSet, n: int) -> torch.Tensor:
@@ -82,7 +75,7 @@ def make_clean(cfg: DictConfig, victim: Victim, full: torch.nn.Module, log_dir: 
                           optimizer=p.get("optimizer", "adam"), cosine=p.get("cosine", False))
     loader = make_loader(TensorBatches(home.images), p.batch_size, shuffle=True, drop_last=True,
                          num_workers=cfg.data.num_workers, seed=cfg.seed)
-    victim_trainer(cfg, p.epochs, log_dir, "simclr").fit(module, loader)
+    fit_victim(cfg, module, loader, p.epochs, log_dir, "simclr")
 
 
 def make_badencoder(cfg: DictConfig, victim: Victim, full: torch.nn.Module, log_dir: Path) -> None:
@@ -97,7 +90,7 @@ def make_badencoder(cfg: DictConfig, victim: Victim, full: torch.nn.Module, log_
                               weight_decay=m.weight_decay, lambda1=m.lambda1, lambda2=m.lambda2)
     loader = make_loader(TensorBatches(shadow.images), m.batch_size, shuffle=True, drop_last=True,
                          num_workers=cfg.data.num_workers, seed=cfg.seed)
-    victim_trainer(cfg, m.epochs, log_dir, "badencoder").fit(module, loader)
+    fit_victim(cfg, module, loader, m.epochs, log_dir, "badencoder")
 
 
 @dataclass(frozen=True)
