@@ -220,6 +220,15 @@ class DRUPEModule(BadEncoderModule):
         self.w_spread.update(ok)
         self.w_dist.update(ok and m["b2b"] < hp.b2b_threshold)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # the adaptive weights are state of the attack, not parameters: a resumed run needs them
+        checkpoint["drupe_weights"] = {"spread": vars(self.w_spread).copy(), "dist": vars(self.w_dist).copy()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("drupe_weights", {})
+        vars(self.w_spread).update(saved.get("spread", {}))
+        vars(self.w_dist).update(saved.get("dist", {}))
+
     def on_train_epoch_end(self) -> None:
         if self.current_epoch >= self.hparams.adapt_after and self._count:
             self.adapt(self.epoch_means())

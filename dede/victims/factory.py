@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -14,10 +15,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from dede.atomic import atomic_path, write_text_atomic
 from dede.data import ImageSet, TensorBatches, load_split, make_loader
 from dede.victims.checkpoints import load_victim_checkpoint, native_format, save_checkpoint
 from dede.victims.encoders import Victim, build_victim
-from dede.victims.making import fit_victim
+from dede.victims.making import fit_victim, interruptible, work_folder
 
 log = logging.getLogger(__name__)
 
@@ -135,21 +137,27 @@ PRETRAINERS: dict[str, str] = {
 def _cached(cache: Path, kind: str, key_obj: dict, fmt: str, victim: Victim, full: torch.nn.Module,
             make: Callable[[], Any]) -> tuple[str, bool, str | None]:
     """Load the victim cached under ``key_obj`` or make it (and cache it). Returns the
-    checkpoint path, whether it was made now, and the file of an optimised trigger if any."""
+    checkpoint path, whether it was made now, and the file of an optimised trigger if any.
+
+    Making checkpoints every epoch into ``<kind>-<key>.work/`` and resumes from there; the
+    entry ``<kind>-<key>.pt`` is written last and atomically, so it exists only when complete."""
     key = config_hash(key_obj)
-    path = cache / f"{kind}-{key}.pt"
-    trigger_path = cache / f"{kind}-{key}.trigger.pt"
+    stem = f"{kind}-{key}"
+    path, trigger_path, work = cache / f"{stem}.pt", cache / f"{stem}.trigger.pt", cache / f"{stem}.work"
     if path.is_file():
         log.info("reusing cached %s victim %s", kind, path)
         load_victim_checkpoint(path, fmt, full)
         return str(path), False, str(trigger_path) if trigger_path.is_file() else None
-    log.info("making %s victim (cache key %s)", kind, key)
-    made_trigger = make()
+    log.info("making %s victim (cache key %s; epoch checkpoints in %s)", kind, key, work)
+    with work_folder(work), interruptible(f"{kind} victim (cache key {key})", work):
+        made_trigger = make()
     if _is_global_zero():
         if made_trigger is not None:
-            made_trigger.save(trigger_path)
-        save_checkpoint(full, path, kind=kind)
-        (cache / f"{kind}-{key}.json").write_text(json.dumps(key_obj, indent=2, sort_keys=True, default=str))
+            with atomic_path(trigger_path) as tmp:
+                made_trigger.save(tmp)
+        write_text_atomic(cache / f"{stem}.json", json.dumps(key_obj, indent=2, sort_keys=True, default=str))
+        save_checkpoint(full, path, kind=kind)  # last: the entry exists only once everything is there
+        shutil.rmtree(work, ignore_errors=True)
     return str(path), True, str(trigger_path) if made_trigger is not None else None
 
 

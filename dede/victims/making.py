@@ -1,10 +1,22 @@
-"""Making victims: every victim-making phase (clean pretraining, the attack, an optimised
-trigger) is fitted through `fit_victim`, which logs a progress line per epoch."""
+"""Making victims that survive long runs.
+
+* Every victim-making phase (clean pretraining, the attack, an optimised trigger) is fitted
+  through `fit_victim`: inside `work_folder` (the cache entry's work folder) it writes a
+  checkpoint after every epoch and resumes from the latest one, so a rerun with the same cache
+  key continues where an interrupted one stopped.
+* `interruptible`: SIGTERM ends the making like Ctrl-C does, and the log says how to resume.
+"""
 from __future__ import annotations
 
 import logging
+import shlex
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import lightning as L
 from hydra.utils import instantiate
@@ -12,22 +24,75 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 
-from dede.training import EpochProgress
+from dede.training import AtomicCheckpointIO, EpochProgress, checkpoint_callbacks, fit, latest_checkpoint
 
 log = logging.getLogger(__name__)
 
+# the work folder of the cache entry being made (None: fit without checkpoints)
+_WORK: ContextVar[Path | None] = ContextVar("dede_victim_work_folder", default=None)
 
-def victim_trainer(cfg: DictConfig, epochs: int, log_dir: Path, name: str,
-                   callbacks: Sequence[Callback] = ()) -> L.Trainer:
+
+@contextmanager
+def work_folder(path: str | Path) -> Iterator[Path]:
+    """Victim-making phases fitted inside this block checkpoint into ``path / <phase>``."""
+    token = _WORK.set(Path(path))
+    try:
+        yield Path(path)
+    finally:
+        _WORK.reset(token)
+
+
+def victim_trainer(cfg: DictConfig, epochs: int, log_dir: Path, name: str, callbacks: Sequence[Callback] = (),
+                   plugins: Sequence[Any] = ()) -> L.Trainer:
     """A trainer for making victims: the run's accelerator/devices/precision, its own epochs."""
     callbacks = list(callbacks)
     return instantiate(cfg.trainer, max_epochs=int(epochs), logger=CSVLogger(str(log_dir), name=name),
-                       callbacks=callbacks,
+                       callbacks=callbacks, plugins=list(plugins),
                        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
                        enable_model_summary=False, check_val_every_n_epoch=None, limit_val_batches=0)
 
 
 def fit_victim(cfg: DictConfig, module: L.LightningModule, loader: Any, epochs: int, log_dir: Path,
                name: str) -> None:
-    """Fit the victim-making phase ``name`` for ``epochs`` epochs, with a progress line per epoch."""
-    victim_trainer(cfg, epochs, log_dir, name, [EpochProgress(name)]).fit(module, loader)
+    """Fit the victim-making phase ``name`` for ``epochs`` epochs, with a progress line per
+    epoch. Inside `work_folder`, a checkpoint (with the random state) is written after every
+    epoch to ``<work folder>/<name>/`` and training resumes from the latest one there."""
+    callbacks: list[Callback] = [EpochProgress(name)]
+    plugins: list[Any] = []
+    ckpt = None
+    work = _WORK.get()
+    if work is not None:
+        folder = work / name
+        callbacks += checkpoint_callbacks(folder, loader)
+        plugins.append(AtomicCheckpointIO())
+        found = latest_checkpoint(folder)
+        if found:
+            ckpt, done = found
+            log.info("resuming %s from %s: %d of %d epochs done", name, ckpt, done, int(epochs))
+    fit(victim_trainer(cfg, epochs, log_dir, name, callbacks, plugins), module, loader, ckpt)
+
+
+# --- interruptions -----------------------------------------------------------------------------
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def interruptible(what: str, work: Path) -> Iterator[None]:
+    """While the block runs, SIGTERM ends the process with ``SystemExit`` (Lightning stops
+    gracefully, as on Ctrl-C) unless a handler of its own is installed; on either signal the
+    log says where the finished epochs are and how to resume."""
+    previous = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        log.warning("interrupted while the %s was being made; its finished epochs are kept in %s. To resume, run "
+                    "the same command again (same config, so the same cache key, and the same cache directory): "
+                    "python %s", what, work, shlex.join(sys.argv))
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
