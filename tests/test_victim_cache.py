@@ -1,24 +1,26 @@
-"""Victim making that survives long runs: epoch checkpoints and resume, atomic publishing,
-progress lines."""
+"""Victim making that survives long runs: epoch checkpoints and resume, one maker per cache
+key (the others wait and reuse), atomic publishing, progress lines."""
 import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import lightning as L
 import pytest
 import torch
+from filelock import FileLock
 from omegaconf import OmegaConf
 from torch import nn
 
 from dede.data import TensorBatches, make_loader
 from dede.optim import sgd_or_adam
-from dede.victims import build_victim, native_format
+from dede.victims import build_victim, native_format, save_checkpoint
 from dede.victims.factory import _cached, config_hash
-from dede.victims.making import fit_victim, work_folder
+from dede.victims.making import VictimLockTimeout, fit_victim, work_folder
 from tests.helpers import ROOT
 
 
@@ -93,6 +95,10 @@ def _small_victim():
     return victim, full
 
 
+def _make_raising(*_):
+    raise AssertionError("this process must not make the victim")
+
+
 def test_publishing_is_atomic_and_removes_the_work_folder(tmp_path):
     victim, full = _small_victim()
     key = {"victim": "small", "seed": 1}
@@ -122,6 +128,55 @@ def test_interrupted_making_publishes_nothing_and_says_how_to_resume(tmp_path, c
     work = tmp_path / f"clean-{config_hash(key)}.work"
     assert f"cache key {config_hash(key)}" in caplog.text and str(work) in caplog.text
     assert "run the same command again" in caplog.text
+
+
+class OtherMaker(threading.Thread):
+    """Holds the lock of a cache entry as another process would, for ``hold`` seconds, and
+    publishes ``publish`` (a model) before letting go."""
+
+    def __init__(self, lock_path, hold: float, publish=None, entry=None) -> None:
+        super().__init__()
+        self.lock, self.hold, self.publish, self.entry = FileLock(str(lock_path)), hold, publish, entry
+        self.holding = threading.Event()
+
+    def run(self) -> None:
+        with self.lock:
+            self.holding.set()
+            time.sleep(self.hold)
+            if self.publish is not None:
+                save_checkpoint(self.publish, self.entry, kind="clean")
+
+    def __enter__(self):
+        self.start()
+        self.holding.wait(10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.join()
+
+
+def test_waiting_for_the_lock_times_out_with_a_clear_error(tmp_path):
+    victim, full = _small_victim()
+    key = {"victim": "small", "seed": 3}
+    with OtherMaker(tmp_path / f"clean-{config_hash(key)}.lock", hold=3):
+        t0 = time.time()
+        with pytest.raises(VictimLockTimeout, match=r"victim_lock_timeout=0.3 s.*victim_lock_timeout=-1"):
+            _cached(tmp_path, "clean", key, native_format("simclr_resnet"), victim, full, _make_raising, 0.3)
+        assert time.time() - t0 < 3
+
+
+def test_a_waiting_process_reuses_what_the_lock_holder_published(tmp_path, caplog):
+    victim, full = _small_victim()
+    key = {"victim": "small", "seed": 4}
+    stem = f"clean-{config_hash(key)}"
+    _, other = _small_victim()
+    with OtherMaker(tmp_path / f"{stem}.lock", hold=1, publish=other, entry=tmp_path / f"{stem}.pt"), \
+            caplog.at_level(logging.INFO):
+        path, made, _ = _cached(tmp_path, "clean", key, native_format("simclr_resnet"), victim, full, _make_raising)
+    assert not made and path == str(tmp_path / f"{stem}.pt")
+    assert "waiting" in caplog.text and "reusing cached clean victim" in caplog.text
+    for a, b in zip(full.state_dict().values(), other.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 # --- whole runs in subprocesses (slow) ------------------------------------------------------
@@ -188,3 +243,22 @@ def test_killed_victim_making_resumes_to_the_same_victim(tmp_path):
     assert resumed.keys() == straight.keys()
     for k in straight:
         assert torch.equal(resumed[k], straight[k]), k
+
+
+@pytest.mark.slow
+def test_two_runs_needing_one_victim_make_it_once(tmp_path):
+    cache = tmp_path / "cache"
+    procs = [_start(tmp_path / f"run{i}", cache, tmp_path / f"run{i}.log") for i in (0, 1)]
+    outs = []
+    for i, p in enumerate(procs):
+        rc, out = _finish(p, tmp_path / f"run{i}.log")
+        assert rc == 0, out[-3000:]
+        outs.append(out)
+    makers = [o for o in outs if "making clean victim" in o]
+    waiters = [o for o in outs if "making clean victim" not in o]
+    assert len(makers) == 1 and len(waiters) == 1
+    assert "waiting" in waiters[0] and "reusing cached clean victim" in waiters[0]
+    assert "simclr: epoch" not in waiters[0]
+    paths = {json.loads((tmp_path / f"run{i}" / "victim.json").read_text())["path"] for i in (0, 1)}
+    (entry,) = (cache / "victims").glob("clean-*.pt")
+    assert paths == {str(entry.resolve())}

@@ -19,7 +19,7 @@ from dede.atomic import atomic_path, write_text_atomic
 from dede.data import ImageSet, TensorBatches, load_split, make_loader
 from dede.victims.checkpoints import load_victim_checkpoint, native_format, save_checkpoint
 from dede.victims.encoders import Victim, build_victim
-from dede.victims.making import fit_victim, interruptible, work_folder
+from dede.victims.making import fit_victim, interruptible, is_global_zero, maker_lock, work_folder
 
 log = logging.getLogger(__name__)
 
@@ -135,35 +135,33 @@ PRETRAINERS: dict[str, str] = {
 
 
 def _cached(cache: Path, kind: str, key_obj: dict, fmt: str, victim: Victim, full: torch.nn.Module,
-            make: Callable[[], Any]) -> tuple[str, bool, str | None]:
+            make: Callable[[], Any], lock_timeout: float = -1) -> tuple[str, bool, str | None]:
     """Load the victim cached under ``key_obj`` or make it (and cache it). Returns the
     checkpoint path, whether it was made now, and the file of an optimised trigger if any.
 
-    Making checkpoints every epoch into ``<kind>-<key>.work/`` and resumes from there; the
-    entry ``<kind>-<key>.pt`` is written last and atomically, so it exists only when complete."""
+    One process at a time checks, makes and publishes an entry (a file lock; the others wait
+    up to ``lock_timeout`` seconds, -1 = as long as it takes, and then reuse it). Making
+    checkpoints every epoch into ``<kind>-<key>.work/`` and resumes from there; the entry
+    ``<kind>-<key>.pt`` is written last and atomically, so it exists only when complete."""
     key = config_hash(key_obj)
     stem = f"{kind}-{key}"
     path, trigger_path, work = cache / f"{stem}.pt", cache / f"{stem}.trigger.pt", cache / f"{stem}.work"
-    if path.is_file():
-        log.info("reusing cached %s victim %s", kind, path)
-        load_victim_checkpoint(path, fmt, full)
-        return str(path), False, str(trigger_path) if trigger_path.is_file() else None
-    log.info("making %s victim (cache key %s; epoch checkpoints in %s)", kind, key, work)
-    with work_folder(work), interruptible(f"{kind} victim (cache key {key})", work):
-        made_trigger = make()
-    if _is_global_zero():
-        if made_trigger is not None:
-            with atomic_path(trigger_path) as tmp:
-                made_trigger.save(tmp)
-        write_text_atomic(cache / f"{stem}.json", json.dumps(key_obj, indent=2, sort_keys=True, default=str))
-        save_checkpoint(full, path, kind=kind)  # last: the entry exists only once everything is there
-        shutil.rmtree(work, ignore_errors=True)
+    with maker_lock(cache / f"{stem}.lock", f"{kind} victim (cache key {key})", lock_timeout):
+        if path.is_file():
+            log.info("reusing cached %s victim %s", kind, path)
+            load_victim_checkpoint(path, fmt, full)
+            return str(path), False, str(trigger_path) if trigger_path.is_file() else None
+        log.info("making %s victim (cache key %s; epoch checkpoints in %s)", kind, key, work)
+        with work_folder(work), interruptible(f"{kind} victim (cache key {key})", work):
+            made_trigger = make()
+        if is_global_zero():
+            if made_trigger is not None:
+                with atomic_path(trigger_path) as tmp:
+                    made_trigger.save(tmp)
+            write_text_atomic(cache / f"{stem}.json", json.dumps(key_obj, indent=2, sort_keys=True, default=str))
+            save_checkpoint(full, path, kind=kind)  # last: the entry exists only once everything is there
+            shutil.rmtree(work, ignore_errors=True)
     return str(path), True, str(trigger_path) if made_trigger is not None else None
-
-
-def _is_global_zero() -> bool:
-    return not torch.distributed.is_available() or not torch.distributed.is_initialized() or \
-        torch.distributed.get_rank() == 0
 
 
 def obtain_victim(cfg: DictConfig, log_dir: str | Path) -> VictimInfo:
@@ -182,6 +180,7 @@ def obtain_victim(cfg: DictConfig, log_dir: str | Path) -> VictimInfo:
     cache = Path(cfg.paths.cache_dir) / "victims"
     cache.mkdir(parents=True, exist_ok=True)
     log_dir = Path(log_dir)
+    lock_timeout = float(cfg.get("victim_lock_timeout", -1))
     home = _plain(cfg.data.home) | {"image_size": cfg.data.image_size}
     home.pop("root", None), home.pop("download", None)
     clean_key = {"victim": _plain(a.victim), "pretrain": _plain(a.pretrain), "home": home, "seed": cfg.seed}
@@ -190,14 +189,14 @@ def obtain_victim(cfg: DictConfig, log_dir: str | Path) -> VictimInfo:
     if a.name == "clean" or spec.from_clean:
         pretrain = _import(PRETRAINERS[kind])
         path, made, _ = _cached(cache, "clean", clean_key, fmt, victim, full,
-                                lambda: pretrain(cfg, victim, full, log_dir))
+                                lambda: pretrain(cfg, victim, full, log_dir), lock_timeout)
         if a.name == "clean":
             victim.eval()
             return VictimInfo(victim, full, path, fmt, made)
     attack_key = clean_key | {"attack": a.name, "make": _plain(a.make), "trigger": _plain(a.trigger),
                               "target": a.target, "reference_file": a.get("reference_file")}
     path, made2, trigger_file = _cached(cache, a.name, attack_key, fmt, victim, full,
-                                        lambda: spec.resolve()(cfg, victim, full, log_dir))
+                                        lambda: spec.resolve()(cfg, victim, full, log_dir), lock_timeout)
     victim.eval()
     return VictimInfo(victim, full, path, fmt, made or made2, trigger_file)
 

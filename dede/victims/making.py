@@ -4,11 +4,13 @@
   through `fit_victim`: inside `work_folder` (the cache entry's work folder) it writes a
   checkpoint after every epoch and resumes from the latest one, so a rerun with the same cache
   key continues where an interrupted one stopped.
+* `maker_lock`: one process makes a cache entry while the others wait for it.
 * `interruptible`: SIGTERM ends the making like Ctrl-C does, and the log says how to resume.
 """
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
@@ -70,6 +73,59 @@ def fit_victim(cfg: DictConfig, module: L.LightningModule, loader: Any, epochs: 
             ckpt, done = found
             log.info("resuming %s from %s: %d of %d epochs done", name, ckpt, done, int(epochs))
     fit(victim_trainer(cfg, epochs, log_dir, name, callbacks, plugins), module, loader, ckpt)
+
+
+# --- one maker per cache entry -------------------------------------------------------------
+
+def launch_rank() -> int:
+    """This process's rank as the launcher of a distributed run gave it in the environment
+    (``RANK``, ``LOCAL_RANK``, ``SLURM_PROCID``, ``NODE_RANK``); 0 outside one."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0) or int(os.environ.get("NODE_RANK") or 0)
+
+
+def is_global_zero() -> bool:
+    """Rank zero of the process group, or of the launch before one exists (ranks launched as
+    separate scripts may not have joined a group yet, e.g. when nothing was fitted)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return launch_rank() == 0
+
+
+class VictimLockTimeout(TimeoutError):
+    """Another process kept making a cached victim longer than ``victim_lock_timeout``."""
+
+
+@contextmanager
+def maker_lock(lock_path: Path, what: str, timeout: float) -> Iterator[None]:
+    """Hold the file lock of one cache entry around "check the cache, make, publish", so one
+    process makes it and the others wait (at most ``timeout`` seconds, -1 = as long as it takes)
+    and then reuse it. Ranks other than zero of a distributed run take no lock: they make the
+    victim together with rank zero, which holds it."""
+    if launch_rank() != 0:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        patience = "as long as it takes" if timeout < 0 else f"up to {timeout:g} s"
+        log.info("another process holds %s: waiting %s for it to publish the %s (victim_lock_timeout=%g)",
+                 lock_path, patience, what, timeout)
+        try:
+            lock.acquire(timeout=timeout)
+        except Timeout:
+            raise VictimLockTimeout(
+                f"gave up after victim_lock_timeout={timeout:g} s: another process still holds {lock_path} and has "
+                f"not published the {what} yet. Let it finish and run again (the victim is then reused), or set "
+                f"victim_lock_timeout=-1 to wait as long as it takes") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 # --- interruptions -----------------------------------------------------------------------------
