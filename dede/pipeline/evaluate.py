@@ -21,6 +21,7 @@ from dede.pipeline.common import aux_split, instantiate_list, route_lightning_lo
 from dede.report import plots
 from dede.report.aggregate import evaluate_multirun, is_multirun
 from dede.report.results import write_results
+from dede.validate import validate_eval_config
 from dede.victims import CheckpointError, build_victim, load_victim_checkpoint
 from dede.victims.factory import build_trigger, home_split
 
@@ -73,6 +74,7 @@ def _timed_scores(model, victim, images, ratio, e, seed) -> tuple[torch.Tensor, 
 def run_evaluate(cfg: DictConfig) -> dict:
     """evaluate.py: evaluate ``cfg.run`` into this job's own run directory."""
     route_lightning_logs()
+    validate_eval_config(cfg.eval)
     run = Path(cfg.run).expanduser().resolve()
     out = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else run
     if run.is_dir() and is_multirun(run):
