@@ -136,9 +136,9 @@ def _exit_on_signal(signum: int, frame: Any) -> None:
 
 @contextmanager
 def interruptible(what: str, work: Path) -> Iterator[None]:
-    """While the block runs, SIGTERM ends the process with ``SystemExit`` (Lightning stops
-    gracefully, as on Ctrl-C) unless a handler of its own is installed; on either signal the
-    log says where the finished epochs are and how to resume."""
+    """While the block runs, SIGTERM raises ``SystemExit`` (unless another handler is installed)
+    instead of killing the process silently, so Lightning tears down as on Ctrl-C; on either
+    signal the log says where the finished epochs are and how to resume."""
     previous = None
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         previous = signal.signal(signal.SIGTERM, _exit_on_signal)
