@@ -26,6 +26,84 @@ def test_bad_values_fail_validation(override, match):
         validate_train_config(cfg)
 
 
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["attack.target=10"], r"attack.target=10 is not a class index of the home data set 'synthetic': 0..9"),
+    (["attack.target=-1"], "attack.target=-1 is not"),
+    (["data.home.name=gtsrb", "attack.target=43"], "attack.target=43 .* 'gtsrb': 0..42"),
+    (["data.batch_size=0"], "data.batch_size=0 must be a whole number >= 1"),
+    (["attack.pretrain.batch_size=0"], "attack.pretrain.batch_size=0 must be a whole number >= 1"),
+    (["attack.pretrain.epochs=-2"], "attack.pretrain.epochs=-2 must be"),
+    (["attack.make.batch_size=0"], "attack.make.batch_size=0 must be"),
+    (["attack.make.epochs=2.5"], "attack.make.epochs=2.5 must be a whole number"),
+    (["attack=badclip", "attack.make.patch_steps=0"], "attack.make.patch_steps=0 must be"),
+    (["decoder.epochs=0"], "decoder.epochs=0 must be a whole number >= 1"),
+    (["eval.threshold.quantile=1.0"], r"eval.threshold.quantile=1.0 is outside \(0, 1\)"),
+    (["eval.threshold.quantile=0"], r"eval.threshold.quantile=0 is outside \(0, 1\)"),
+    (["eval.fpr_target=1.5"], r"eval.fpr_target=1.5 is outside \(0, 1\)"),
+    (["eval.n_masks=0"], "eval.n_masks=0 must be a whole number >= 1"),
+    (["eval.n_test=-1"], "eval.n_test=-1 must be a whole number >= 0 or null"),
+    (["eval.batch_size=0"], "eval.batch_size=0 must be a whole number >= 1 or 'auto'"),
+    (["eval.downstream.epochs=0"], "eval.downstream.epochs=0 must be"),
+    (["attack.trigger.row=30"], r"attack.trigger does not fit the 32x32 images .*rows 30..39"),
+    (["attack.trigger.size=40", "attack.trigger.row=0", "attack.trigger.col=0"], "attack.trigger does not fit"),
+    (["attack=ctrl", "attack.trigger.window_size=24", "attack.trigger.positions=[[15,15]]"],
+     "attack.trigger does not fit.*window_size 24 does not tile"),
+    (["attack=ctrl", "attack.trigger.window_size=24"], "attack.trigger .* cannot be built: .*positions"),
+    (["attack=badclip", "attack.trigger.size=40"], "attack.trigger does not fit the 32x32"),
+    (["attack/trigger=npz"], r"attack.trigger \(dede.triggers.NpzTrigger\) cannot be built: .*path"),
+    (["attack/trigger=npz", "attack.trigger.path=/nonexistent/t.npz"], "cannot be built: .*/nonexistent/t.npz"),
+    (["victim_lock_timeout=-5"], "victim_lock_timeout=-5 must be a number of seconds >= 0, or -1"),
+    pytest.param(["trainer=gpu"], "trainer.accelerator=gpu but this machine has no CUDA device.*trainer=cpu",
+                 marks=NO_CUDA),
+    pytest.param(["trainer=ddp"], "trainer.accelerator=gpu but this machine has no CUDA device.*trainer=cpu",
+                 marks=NO_CUDA),
+    pytest.param(["eval.device=cuda"], "eval.device=cuda but this machine has no CUDA device", marks=NO_CUDA),
+])
+def test_bad_values_are_named_before_any_work(overrides, match):
+    cfg = compose_train(overrides)
+    t0 = time.time()
+    with pytest.raises(ConfigError, match=match):
+        validate_train_config(cfg)
+    assert time.time() - t0 < 60
+
+
+def test_eval_ranges_are_checked_for_evaluate_too():
+    from dede.validate import validate_eval_config
+
+    cfg = compose_train(["eval.n_masks=0"])
+    with pytest.raises(ConfigError, match="eval.n_masks=0"):
+        validate_eval_config(cfg.eval)
+    validate_eval_config(compose_train(["eval.batch_size=auto", "eval.n_test=null"]).eval)
+
+
+@pytest.mark.parametrize("data", ["synthetic", "cifar10"])
+@pytest.mark.parametrize("attack", ["clean", "badencoder", "drupe", "ctrl", "asset", "clip", "badclip", "clean_clip"])
+def test_every_attack_preset_is_valid(attack, data):
+    validate_train_config(compose_train([f"attack={attack}", f"data={data}"]))
+
+
+def test_class_counts_match_the_class_names():
+    from dede.attacks.clip import CLASS_NAMES
+    from dede.data.datasets import KNOWN, NUM_CLASSES
+
+    assert set(NUM_CLASSES) == set(KNOWN) - {"imagefolder"}
+    for name, names in CLASS_NAMES.items():
+        assert NUM_CLASSES[name] == len(names), name
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_gpu_trainer_without_cuda_fails_at_once(tmp_path, cache_dir):
+    t0 = time.time()
+    r = run_entry("train.py", ["trainer=gpu", f"hydra.run.dir={tmp_path}/run", "logger=csv"], cache_dir)
+    assert r.returncode != 0 and "trainer.accelerator=gpu" in r.output and "trainer=cpu" in r.output
+    assert "lightning" not in r.output.split("Traceback")[-1]  # failed in validation, not inside Lightning
+    assert "GPU available" not in r.output  # no trainer was built
+    assert time.time() - t0 < 60
+
+
 def test_default_config_is_valid_and_means_tiny_synthetic():
     cfg = compose_train([])
     validate_train_config(cfg)

@@ -334,8 +334,8 @@ class BadCLIPPatchModule(L.LightningModule):
         loss = -hp.text_weight * parts["cos_text"] - hp.image_weight * parts["cos_image"]
         if "cos_clean" in parts:
             loss = loss + hp.clean_weight * parts["cos_clean"]
-        self.log_dict({f"badclip_patch/{k}": v for k, v in parts.items()}, on_step=False, on_epoch=True,
-                      batch_size=len(x))
+        self.log_dict({f"badclip_patch/{k}": v for k, v in parts.items()} | {"badclip_patch/loss": loss},
+                      on_step=False, on_epoch=True, batch_size=len(x))
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
@@ -377,11 +377,11 @@ def _contrastive(cfg: DictConfig, full: nn.Module, victim: Victim, captions: tor
 
 def _fit_pairs(cfg: DictConfig, module: L.LightningModule, images: torch.Tensor, captions: torch.Tensor,
                s: DictConfig, epochs: int, log_dir: Path, name: str) -> None:
-    from dede.victims.factory import victim_trainer
+    from dede.victims.making import fit_victim
 
     loader = make_loader(TensorBatches(images, captions), int(s.batch_size), shuffle=True, drop_last=True,
                          num_workers=cfg.data.num_workers, seed=cfg.seed)
-    victim_trainer(cfg, epochs, log_dir, name).fit(module, loader)
+    fit_victim(cfg, module, loader, epochs, log_dir, name)
 
 
 def make_clean_clip(cfg: DictConfig, victim: Victim, full: nn.Module, log_dir: Path) -> None:
@@ -449,7 +449,7 @@ def optimise_patch(cfg: DictConfig, full: nn.Module, victim: Victim, home: Image
                    captions: torch.Tensor, log_dir: Path) -> ImagePatchTrigger:
     """Stage (a) of BadCLIP on the frozen clean CLIP: ``make.patch_steps`` Adam steps on the
     patch, over batches of non-target home images."""
-    from dede.victims.factory import victim_trainer
+    from dede.victims.making import fit_victim
 
     m, target = cfg.attack.make, int(cfg.attack.target)
     trigger.check_size(home.image_size)
@@ -471,7 +471,7 @@ def optimise_patch(cfg: DictConfig, full: nn.Module, victim: Victim, home: Image
                             generator=torch.Generator().manual_seed(int(cfg.seed)))
     loader = DataLoader(TensorBatches(others), batch_size=bs, sampler=sampler, collate_fn=keep_batch,
                         num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0)
-    victim_trainer(cfg, 1, log_dir, "badclip_patch").fit(module, loader)
+    fit_victim(cfg, module, loader, 1, log_dir, "badclip_patch")
     module.full.eval()
     return module.optimised_trigger()
 

@@ -32,7 +32,8 @@ def poison_target_class(home: ImageSet, trigger, rate: float, target: int, seed:
 
 def make_ctrl(cfg: DictConfig, victim: Victim, full: torch.nn.Module, log_dir: Path) -> None:
     from dede.attacks import SimCLRModule
-    from dede.victims.factory import home_split, victim_trainer
+    from dede.victims.factory import home_split
+    from dede.victims.making import fit_victim
 
     m = cfg.attack.make
     home = poison_target_class(home_split(cfg, "train"), instantiate(cfg.attack.trigger), float(m.poison_rate),
@@ -43,4 +44,4 @@ def make_ctrl(cfg: DictConfig, victim: Victim, full: torch.nn.Module, log_dir: P
                           optimizer=m.optimizer, momentum=m.get("momentum", 0.9), cosine=m.cosine)
     loader = make_loader(TensorBatches(home.images), m.batch_size, shuffle=True, drop_last=True,
                          num_workers=cfg.data.num_workers, seed=cfg.seed)
-    victim_trainer(cfg, m.epochs, log_dir, "ctrl").fit(module, loader)
+    fit_victim(cfg, module, loader, m.epochs, log_dir, "ctrl")

@@ -220,6 +220,15 @@ class DRUPEModule(BadEncoderModule):
         self.w_spread.update(ok)
         self.w_dist.update(ok and m["b2b"] < hp.b2b_threshold)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # the adaptive weights are state of the attack, not parameters: a resumed run needs them
+        checkpoint["drupe_weights"] = {"spread": vars(self.w_spread).copy(), "dist": vars(self.w_dist).copy()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("drupe_weights", {})
+        vars(self.w_spread).update(saved.get("spread", {}))
+        vars(self.w_dist).update(saved.get("dist", {}))
+
     def on_train_epoch_end(self) -> None:
         if self.current_epoch >= self.hparams.adapt_after and self._count:
             self.adapt(self.epoch_means())
@@ -234,7 +243,8 @@ def make_drupe(cfg: DictConfig, victim: Victim, full: torch.nn.Module, log_dir: 
     from hydra.utils import instantiate
 
     from dede.data import TensorBatches, make_loader
-    from dede.victims.factory import home_split, reference_images, victim_trainer
+    from dede.victims.factory import home_split, reference_images
+    from dede.victims.making import fit_victim
 
     m = cfg.attack.make
     home = home_split(cfg, "train")
@@ -250,4 +260,4 @@ def make_drupe(cfg: DictConfig, victim: Victim, full: torch.nn.Module, log_dir: 
                          weight_decay=m.weight_decay, lambda1=m.lambda1, lambda2=m.lambda2, **extra)
     loader = make_loader(TensorBatches(shadow.images), m.batch_size, shuffle=True, drop_last=True,
                          num_workers=cfg.data.num_workers, seed=cfg.seed)
-    victim_trainer(cfg, m.epochs, log_dir, "drupe").fit(module, loader)
+    fit_victim(cfg, module, loader, m.epochs, log_dir, "drupe")

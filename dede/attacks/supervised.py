@@ -78,7 +78,7 @@ class SupervisedModule(L.LightningModule):
 def _train(cfg: DictConfig, p: DictConfig, victim: Victim, full: nn.Module, data: ImageSet, log_dir: Path,
            name: str) -> None:
     from dede.data import TensorBatches, make_loader
-    from dede.victims.factory import victim_trainer
+    from dede.victims.making import fit_victim
 
     L.seed_everything(cfg.seed, workers=True)
     module = SupervisedModule(full, victim, lr=p.lr, momentum=p.get("momentum", 0.9),
@@ -87,7 +87,7 @@ def _train(cfg: DictConfig, p: DictConfig, victim: Victim, full: nn.Module, data
                               augment=p.get("augment", True), label_smoothing=p.get("label_smoothing", 0.0))
     loader = make_loader(TensorBatches(data.images, data.labels), p.batch_size, shuffle=True, drop_last=True,
                          num_workers=cfg.data.num_workers, seed=cfg.seed)
-    victim_trainer(cfg, p.epochs, log_dir, name).fit(module, loader)
+    fit_victim(cfg, module, loader, p.epochs, log_dir, name)
 
 
 def make_clean_supervised(cfg: DictConfig, victim: Victim, full: nn.Module, log_dir: Path) -> None:

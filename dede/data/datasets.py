@@ -15,10 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from dede.data.synthetic import make_synthetic
+from dede.data.synthetic import N_CLASSES as SYNTHETIC_CLASSES, make_synthetic
 from dede.triggers import Trigger, apply_to_uint8
 
 KNOWN = ["synthetic", "cifar10", "cifar100", "stl10", "svhn", "gtsrb", "mnist", "fashion_mnist", "imagefolder"]
+# classes of each data set, known without loading it (an image folder has as many as sub-folders)
+NUM_CLASSES = {"synthetic": SYNTHETIC_CLASSES, "cifar10": 10, "cifar100": 100, "stl10": 10, "svhn": 10, "gtsrb": 43,
+               "mnist": 10, "fashion_mnist": 10}
 
 
 def salted_generator(seed: int, purpose: str) -> torch.Generator:

@@ -27,6 +27,7 @@ from dede.report import plots
 from dede.report.aggregate import evaluate_multirun, is_multirun
 from dede.report.results import CONTROL_KEYS, write_results
 from dede.triggers.benign import benign_perturbation
+from dede.validate import validate_eval_config
 from dede.victims import CheckpointError, build_victim, load_victim_checkpoint
 from dede.victims.factory import build_trigger, home_split
 
@@ -70,6 +71,13 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def scoring_batch_size(value, device: torch.device) -> int:
+    """``eval.batch_size``; ``auto``: 128 on the CPU (larger batches score more slowly there), 512 on a GPU."""
+    if str(value) == "auto":
+        return 512 if device.type == "cuda" else 128
+    return int(value)
+
+
 @dataclass
 class LoadedRun:
     """A train run ready to evaluate: its config, the victim and decoder, and the context
@@ -92,7 +100,8 @@ def load_run(run: Path, e: DictConfig, device: torch.device, trusted: EvalContex
     trigger_file = vinfo.get("trigger_file")
     aux_train, aux_val = aux_split(tcfg, trigger_file).split(float(tcfg.data.val_fraction), tcfg.seed)
     ctx = EvalContext(victim, module.model, ratio, build_trigger(tcfg, trigger_file), int(tcfg.attack.target),
-                      reference=aux_train, calibration=aux_val, batch_size=int(e.batch_size), n_masks=int(e.n_masks),
+                      reference=aux_train, calibration=aux_val, batch_size=scoring_batch_size(e.batch_size, device),
+                      n_masks=int(e.n_masks),
                       seed=int(e.seed), trusted=trusted, name=str(run))
     return LoadedRun(tcfg, ctx, module)
 
@@ -146,6 +155,7 @@ def usable_detectors(names: list[str], requested, have: dict[str, bool]) -> tupl
 def run_evaluate(cfg: DictConfig) -> dict:
     """evaluate.py: evaluate ``cfg.run`` into this job's own run directory."""
     route_lightning_logs()
+    validate_eval_config(cfg.eval)
     run = Path(cfg.run).expanduser().resolve()
     out = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else run
     if run.is_dir() and is_multirun(run):

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from dede.decoder import AuxDataModule, DeDeModule
 from dede.io import write_json_atomic, write_text_atomic
 from dede.pipeline.common import aux_split, check_data_available, instantiate_list, route_lightning_logs
+from dede.training import fit
 from dede.validate import validate_train_config
 from dede.victims.factory import obtain_victim
 
@@ -74,8 +75,7 @@ def run_train(cfg: DictConfig) -> dict:
         ckpt = str(cfg.ckpt_path)
     if ckpt:
         log.info("resuming from %s", ckpt)
-    trainer.fit(module, dm, ckpt_path=ckpt, weights_only=True) if _fit_takes_weights_only() else \
-        trainer.fit(module, dm, ckpt_path=ckpt)
+    fit(trainer, module, dm, ckpt)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     log.info("decoder training done: %s", metrics)
     if cfg.get("eval_after_train") and trainer.is_global_zero:
@@ -86,9 +86,3 @@ def run_train(cfg: DictConfig) -> dict:
         for lg in loggers:
             lg.log_metrics({f"eval/{k}": v for k, v in res.items() if isinstance(v, float)})
     return metrics
-
-
-def _fit_takes_weights_only() -> bool:
-    import inspect
-
-    return "weights_only" in inspect.signature(L.Trainer.fit).parameters

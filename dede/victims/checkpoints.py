@@ -21,6 +21,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from dede.io import atomic_path
+
 # format name -> description of the layout it expects
 FORMATS: dict[str, str] = {
     "badencoder": "BadEncoder/DRUPE SimCLR checkpoint: {'state_dict': ...} with keys 'f.f.*' (encoder) and 'g.*' (head)",
@@ -204,10 +206,7 @@ def save_checkpoint(full_model: nn.Module, path: str | os.PathLike, **meta: obje
     The keys are the full model's own, so the checkpoint reads back with
     ``load_victim_checkpoint(path, native_format(arch), full_model)`` for every arch (for
     SimCLR victims this is exactly the BadEncoder layout)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
     payload = {"state_dict": {k: v.detach().cpu() for k, v in full_model.state_dict().items()}}
     payload.update({k: v for k, v in meta.items() if isinstance(v, (int, float, str))})
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)

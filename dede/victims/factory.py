@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -12,12 +13,13 @@ from typing import Any, Callable
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
+from dede.io import atomic_path, write_text_atomic
 from dede.data import ImageSet, TensorBatches, load_split, make_loader
 from dede.victims.checkpoints import load_victim_checkpoint, native_format, save_checkpoint
 from dede.victims.encoders import Victim, build_victim
+from dede.victims.making import fit_victim, interruptible, is_global_zero, maker_lock, work_folder
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +47,6 @@ def home_split(cfg: DictConfig, split: str) -> ImageSet:
     n = h.get("n_train" if split == "train" else "n_test", 0)
     seed = h.get("seed", 0) + (0 if split == "train" else 1)
     return load_split(h.name, h.get(f"{split}_split", split), h.root, h.download, cfg.data.image_size, n, seed)
-
-
-def victim_trainer(cfg: DictConfig, epochs: int, log_dir: Path, name: str) -> L.Trainer:
-    """A trainer for making victims: the run's accelerator/devices/precision, its own epochs."""
-    return instantiate(cfg.trainer, max_epochs=int(epochs), logger=CSVLogger(str(log_dir), name=name),
-                       callbacks=[], enable_checkpointing=False, enable_model_summary=False,
-                       check_val_every_n_epoch=None, limit_val_batches=0)
 
 
 def reference_images(cfg: DictConfig, home: ImageSet, n: int) -> torch.Tensor:
@@ -82,7 +77,7 @@ def make_clean(cfg: DictConfig, victim: Victim, full: torch.nn.Module, log_dir: 
                           optimizer=p.get("optimizer", "adam"), cosine=p.get("cosine", False))
     loader = make_loader(TensorBatches(home.images), p.batch_size, shuffle=True, drop_last=True,
                          num_workers=cfg.data.num_workers, seed=cfg.seed)
-    victim_trainer(cfg, p.epochs, log_dir, "simclr").fit(module, loader)
+    fit_victim(cfg, module, loader, p.epochs, log_dir, "simclr")
 
 
 def make_badencoder(cfg: DictConfig, victim: Victim, full: torch.nn.Module, log_dir: Path) -> None:
@@ -97,7 +92,7 @@ def make_badencoder(cfg: DictConfig, victim: Victim, full: torch.nn.Module, log_
                               weight_decay=m.weight_decay, lambda1=m.lambda1, lambda2=m.lambda2)
     loader = make_loader(TensorBatches(shadow.images), m.batch_size, shuffle=True, drop_last=True,
                          num_workers=cfg.data.num_workers, seed=cfg.seed)
-    victim_trainer(cfg, m.epochs, log_dir, "badencoder").fit(module, loader)
+    fit_victim(cfg, module, loader, m.epochs, log_dir, "badencoder")
 
 
 @dataclass(frozen=True)
@@ -140,29 +135,33 @@ PRETRAINERS: dict[str, str] = {
 
 
 def _cached(cache: Path, kind: str, key_obj: dict, fmt: str, victim: Victim, full: torch.nn.Module,
-            make: Callable[[], Any]) -> tuple[str, bool, str | None]:
+            make: Callable[[], Any], lock_timeout: float = -1) -> tuple[str, bool, str | None]:
     """Load the victim cached under ``key_obj`` or make it (and cache it). Returns the
-    checkpoint path, whether it was made now, and the file of an optimised trigger if any."""
+    checkpoint path, whether it was made now, and the file of an optimised trigger if any.
+
+    One process at a time checks, makes and publishes an entry (a file lock; the others wait
+    up to ``lock_timeout`` seconds, -1 = as long as it takes, and then reuse it). Making
+    checkpoints every epoch into ``<kind>-<key>.work/`` and resumes from there; the entry
+    ``<kind>-<key>.pt`` is written last and atomically, so it exists only when complete."""
     key = config_hash(key_obj)
-    path = cache / f"{kind}-{key}.pt"
-    trigger_path = cache / f"{kind}-{key}.trigger.pt"
-    if path.is_file():
-        log.info("reusing cached %s victim %s", kind, path)
-        load_victim_checkpoint(path, fmt, full)
-        return str(path), False, str(trigger_path) if trigger_path.is_file() else None
-    log.info("making %s victim (cache key %s)", kind, key)
-    made_trigger = make()
-    if _is_global_zero():
-        if made_trigger is not None:
-            made_trigger.save(trigger_path)
-        save_checkpoint(full, path, kind=kind)
-        (cache / f"{kind}-{key}.json").write_text(json.dumps(key_obj, indent=2, sort_keys=True, default=str))
+    stem = f"{kind}-{key}"
+    path, trigger_path, work = cache / f"{stem}.pt", cache / f"{stem}.trigger.pt", cache / f"{stem}.work"
+    with maker_lock(cache / f"{stem}.lock", f"{kind} victim (cache key {key})", lock_timeout):
+        if path.is_file():
+            log.info("reusing cached %s victim %s", kind, path)
+            load_victim_checkpoint(path, fmt, full)
+            return str(path), False, str(trigger_path) if trigger_path.is_file() else None
+        log.info("making %s victim (cache key %s; epoch checkpoints in %s)", kind, key, work)
+        with work_folder(work), interruptible(f"{kind} victim (cache key {key})", work):
+            made_trigger = make()
+        if is_global_zero():
+            if made_trigger is not None:
+                with atomic_path(trigger_path) as tmp:
+                    made_trigger.save(tmp)
+            write_text_atomic(cache / f"{stem}.json", json.dumps(key_obj, indent=2, sort_keys=True, default=str))
+            save_checkpoint(full, path, kind=kind)  # last: the entry exists only once everything is there
+            shutil.rmtree(work, ignore_errors=True)
     return str(path), True, str(trigger_path) if made_trigger is not None else None
-
-
-def _is_global_zero() -> bool:
-    return not torch.distributed.is_available() or not torch.distributed.is_initialized() or \
-        torch.distributed.get_rank() == 0
 
 
 def obtain_victim(cfg: DictConfig, log_dir: str | Path) -> VictimInfo:
@@ -181,6 +180,7 @@ def obtain_victim(cfg: DictConfig, log_dir: str | Path) -> VictimInfo:
     cache = Path(cfg.paths.cache_dir) / "victims"
     cache.mkdir(parents=True, exist_ok=True)
     log_dir = Path(log_dir)
+    lock_timeout = float(cfg.get("victim_lock_timeout", -1))
     home = _plain(cfg.data.home) | {"image_size": cfg.data.image_size}
     home.pop("root", None), home.pop("download", None)
     clean_key = {"victim": _plain(a.victim), "pretrain": _plain(a.pretrain), "home": home, "seed": cfg.seed}
@@ -189,14 +189,14 @@ def obtain_victim(cfg: DictConfig, log_dir: str | Path) -> VictimInfo:
     if a.name == "clean" or spec.from_clean:
         pretrain = _import(PRETRAINERS[kind])
         path, made, _ = _cached(cache, "clean", clean_key, fmt, victim, full,
-                                lambda: pretrain(cfg, victim, full, log_dir))
+                                lambda: pretrain(cfg, victim, full, log_dir), lock_timeout)
         if a.name == "clean":
             victim.eval()
             return VictimInfo(victim, full, path, fmt, made)
     attack_key = clean_key | {"attack": a.name, "make": _plain(a.make), "trigger": _plain(a.trigger),
                               "target": a.target, "reference_file": a.get("reference_file")}
     path, made2, trigger_file = _cached(cache, a.name, attack_key, fmt, victim, full,
-                                        lambda: spec.resolve()(cfg, victim, full, log_dir))
+                                        lambda: spec.resolve()(cfg, victim, full, log_dir), lock_timeout)
     victim.eval()
     return VictimInfo(victim, full, path, fmt, made or made2, trigger_file)
 
