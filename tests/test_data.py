@@ -75,3 +75,81 @@ def test_missing_real_data_names_files_and_place(tmp_path, name, needs):
 def test_unknown_data_set():
     with pytest.raises(ValueError, match="unknown data set 'imagenet5'"):
         load_split("imagenet5", "train")
+
+
+def _write_fake_mnist(root, n_train: int, n_test: int, seed: int = 0):
+    """MNIST in torchvision's raw layout (big-endian idx files, which it reads without a checksum),
+    with unequal classes: class c has a share proportional to c + 1."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    g = torch.Generator().manual_seed(seed)
+    labels = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        y = torch.multinomial(torch.arange(1, 11, dtype=torch.float), n, replacement=True, generator=g).to(torch.uint8)
+        x = torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8)
+        header = lambda magic, *dims: b"".join(v.to_bytes(4, "big") for v in (magic, *dims))  # noqa: E731
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(header(0x0803, n, 28, 28) + x.numpy().tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(header(0x0801, n) + y.numpy().tobytes())
+        labels[prefix] = y.long()
+    return labels
+
+
+def test_real_data_subsample_is_stratified_exact_and_seeded(tmp_path):
+    full = _write_fake_mnist(tmp_path, 997, 300)["train"]
+    load = lambda n, seed: load_split("mnist", "train", root=str(tmp_path), n=n, seed=seed)  # noqa: E731
+    assert len(load(0, 0)) == 997 and len(load(5000, 0)) == 997  # 0 or more than there is: all
+    a, b, c = load(300, 1), load(300, 1), load(300, 2)
+    assert len(a) == 300 and a.images.shape == (300, 3, 32, 32) and a.name == "mnist"
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)  # deterministic in the seed
+    assert not torch.equal(a.images, c.images)  # another seed, another subset
+    # every class keeps its share: within one sample of 300 * count / 997 (largest remainders)
+    share = full.bincount(minlength=10).double() * 300 / 997
+    for s in (a, c):
+        counts = s.labels.bincount(minlength=10)
+        assert torch.all(counts >= share.floor()) and torch.all(counts <= share.ceil())
+    # a subset of the full set, with each image still carrying its own label
+    whole = load(0, 0)
+    rows = {bytes(img.numpy().tobytes()): int(y) for img, y in zip(whole.images, whole.labels)}
+    assert all(rows[bytes(img.numpy().tobytes())] == int(y) for img, y in zip(a.images, a.labels))
+    assert len({bytes(img.numpy().tobytes()) for img in a.images}) == 300  # no sample twice
+    # the test split is subsampled the same way, independently of the train split
+    assert len(load_split("mnist", "test", root=str(tmp_path), n=120, seed=1)) == 120
+
+
+def test_unlabelled_subsample_is_a_plain_seeded_subset():
+    from dede.data.datasets import stratified_indices
+
+    labels = torch.full((1000,), -1)
+    i, j, k = stratified_indices(labels, 250, 0), stratified_indices(labels, 250, 0), stratified_indices(labels, 250, 1)
+    assert len(i) == 250 and len(set(i.tolist())) == 250 and torch.equal(i, j) and not torch.equal(i, k)
+    assert torch.equal(stratified_indices(labels, 0, 0), torch.arange(1000))
+    # rounding with many tied remainders still gives exactly n
+    tied = torch.arange(10).repeat_interleave(7)  # 10 classes of 7: 33 / 70 each -> 3.3
+    idx = stratified_indices(tied, 33, 5)
+    assert len(idx) == 33 and sorted(tied[idx].bincount().tolist()) == [3] * 7 + [4] * 3
+
+
+@pytest.mark.parametrize("data", ["cifar10", "stl10", "mnist", "imagefolder"])
+def test_real_data_configs_expose_subset_sizes_all_by_default(data):
+    from tests.helpers import compose_train
+
+    cfg = compose_train([f"data={data}"] + (["data.root=/nowhere"] if data == "imagefolder" else []))
+    assert cfg.data.n == 0 and cfg.data.home.n_train == 0 and cfg.data.home.n_test == 0
+
+
+def test_subset_sizes_flow_from_the_config_to_home_and_aux_sets(tmp_path):
+    from dede.pipeline.common import aux_split
+    from dede.victims.factory import home_split
+    from tests.helpers import compose_train
+
+    _write_fake_mnist(tmp_path, 900, 400)
+    # data=cifar10 with MNIST files: the in-distribution recipe (aux = the home train set)
+    cfg = compose_train(["data=cifar10", "data.name=mnist", "data.home.name=mnist", f"data.root={tmp_path}",
+                         "data.home.n_train=300", "data.home.n_test=100"])
+    train, test, aux = home_split(cfg, "train"), home_split(cfg, "test"), aux_split(cfg)
+    assert (len(train), len(test), len(aux)) == (300, 100, 300)
+    assert torch.equal(aux.labels, train.labels) and int(aux.poisoned.sum()) == 3  # 1 % of 300
+    assert torch.equal(aux.images[~aux.poisoned], train.images[~aux.poisoned])
+    ood = compose_train(["data=mnist", f"data.root={tmp_path}", "data.n=250", "data.seed=4"])
+    assert len(aux_split(ood)) == 250
+
