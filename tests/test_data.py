@@ -153,3 +153,47 @@ def test_subset_sizes_flow_from_the_config_to_home_and_aux_sets(tmp_path):
     ood = compose_train(["data=mnist", f"data.root={tmp_path}", "data.n=250", "data.seed=4"])
     assert len(aux_split(ood)) == 250
 
+
+def test_synthetic_hard_is_deterministic_balanced_and_loadable():
+    from dede.data.synthetic_hard import make_synthetic_hard
+
+    a, ya = make_synthetic_hard(500, seed=3)
+    b, yb = make_synthetic_hard(500, seed=3)
+    c, _ = make_synthetic_hard(500, seed=4)
+    assert torch.equal(a, b) and torch.equal(ya, yb) and not torch.equal(a, c)
+    assert a.shape == (500, 3, 32, 32) and a.dtype == torch.uint8 and ya.dtype == torch.int64
+    assert torch.equal(ya.bincount(), torch.full((N_CLASSES,), 50))
+    assert make_synthetic_hard(20, seed=0, image_size=64)[0].shape == (20, 3, 64, 64)
+    s = load_split("synthetic_hard", "train", n=300, seed=3)
+    assert len(s) == 300 and s.name == "synthetic_hard" and torch.equal(s.images, make_synthetic_hard(300, 3)[0])
+    from dede.validate import validate_train_config
+    from tests.helpers import compose_train
+
+    cfg = compose_train(["data=synthetic_hard"])
+    validate_train_config(cfg)
+    assert cfg.data.name == cfg.data.home.name == "synthetic_hard" and cfg.scale == "tiny" and cfg.data.n == 6000
+
+
+def test_synthetic_hard_colour_is_not_class_informative_but_images_are_structured():
+    from dede.data.synthetic_hard import make_synthetic_hard
+
+    x, y = make_synthetic_hard(3000, seed=0)
+    xt, yt = make_synthetic_hard(1000, seed=1)
+    feats = lambda z: z.float().div(255).flatten(2).mean(-1)  # noqa: E731  mean colour of each image
+    cent = torch.stack([feats(x)[y == c].mean(0) for c in range(N_CLASSES)])
+    acc = (torch.cdist(feats(xt), cent).argmin(1) == yt).float().mean()
+    assert acc < 0.16  # chance is 0.1 (the easy set's mean colour gives > 0.6)
+    img = x.float()
+    corr = torch.corrcoef(torch.stack([img[..., :, :-1].flatten(), img[..., :, 1:].flatten()]))[0, 1]
+    assert corr > 0.6  # textures and shapes, not pixel noise
+
+
+def test_synthetic_hard_has_bright_square_occluders():
+    from dede.data.synthetic_hard import make_synthetic_hard
+
+    x, _ = make_synthetic_hard(1000, seed=0)
+    darkest = x.min(1).values.float()[:, None]  # the darkest channel: high only where the pixel is near-white
+    # the darkest pixel of every 6x6 window; a window of near-white pixels stays above 215
+    window_min = -torch.nn.functional.max_pool2d(-darkest, 6, stride=1)
+    share = (window_min.flatten(1).amax(1) >= 215).float().mean()
+    assert 0.1 < share < 0.6

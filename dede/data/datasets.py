@@ -16,10 +16,11 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from dede.data.synthetic import make_synthetic
+from dede.data.synthetic_hard import make_synthetic_hard
 from dede.triggers import Trigger, apply_to_uint8
 
 # made from n and seed; the others are read from disk and subsampled
-GENERATED = {"synthetic": make_synthetic}
+GENERATED = {"synthetic": make_synthetic, "synthetic_hard": make_synthetic_hard}
 KNOWN = [*GENERATED, "cifar10", "cifar100", "stl10", "svhn", "gtsrb", "mnist", "fashion_mnist", "imagefolder"]
 
 
