@@ -81,7 +81,7 @@ def class_names(dataset: str, n_classes: int, override: Sequence[str] | None = N
     of the data set, or ``"class {i}"`` for a data set without known names."""
     if override:
         names = [str(n) for n in override]
-    elif dataset == "synthetic":
+    elif dataset in ("synthetic", "synthetic_hard"):  # the same ten shapes
         from dede.data.synthetic import CLASS_NAMES as SYNTHETIC_NAMES
 
         names = list(SYNTHETIC_NAMES)

@@ -16,12 +16,15 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from dede.data.synthetic import N_CLASSES as SYNTHETIC_CLASSES, make_synthetic
+from dede.data.synthetic_hard import make_synthetic_hard
 from dede.triggers import Trigger, apply_to_uint8
 
-KNOWN = ["synthetic", "cifar10", "cifar100", "stl10", "svhn", "gtsrb", "mnist", "fashion_mnist", "imagefolder"]
+# made from n and seed; the others are read from disk and subsampled
+GENERATED = {"synthetic": make_synthetic, "synthetic_hard": make_synthetic_hard}
+KNOWN = [*GENERATED, "cifar10", "cifar100", "stl10", "svhn", "gtsrb", "mnist", "fashion_mnist", "imagefolder"]
 # classes of each data set, known without loading it (an image folder has as many as sub-folders)
-NUM_CLASSES = {"synthetic": SYNTHETIC_CLASSES, "cifar10": 10, "cifar100": 100, "stl10": 10, "svhn": 10, "gtsrb": 43,
-               "mnist": 10, "fashion_mnist": 10}
+NUM_CLASSES = {"synthetic": SYNTHETIC_CLASSES, "synthetic_hard": SYNTHETIC_CLASSES, "cifar10": 10, "cifar100": 100,
+               "stl10": 10, "svhn": 10, "gtsrb": 43, "mnist": 10, "fashion_mnist": 10}
 
 
 def salted_generator(seed: int, purpose: str) -> torch.Generator:
@@ -126,8 +129,8 @@ MISSING_HELP = {
 @functools.lru_cache(maxsize=16)
 def _load_cached(name: str, split: str, root: str, download: bool, image_size: int,
                  n: int, seed: int) -> ImageSet:
-    if name == "synthetic":
-        images, labels = make_synthetic(n, seed=seed, image_size=image_size)
+    if name in GENERATED:
+        images, labels = GENERATED[name](n, seed=seed, image_size=image_size)
         return ImageSet(images, labels, name=name)
 
     import torchvision.datasets as tvd
@@ -170,13 +173,46 @@ def _load_cached(name: str, split: str, root: str, download: bool, image_size: i
     return ImageSet(images, labels.long(), name=name)
 
 
+def stratified_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Sorted indices of a seeded ``n``-sample subset in which every label keeps its share.
+
+    Each label gets the floor of its exact share ``n * count / len``; the samples left over go to
+    the labels with the largest remainders (ties in a seeded random order), so the total is
+    exactly ``n``. With a single label (e.g. all -1, unlabelled) this is a plain random subset.
+    ``n <= 0`` or ``n >= len(labels)`` selects everything.
+    """
+    total = len(labels)
+    if n <= 0 or n >= total:
+        return torch.arange(total)
+    g = salted_generator(seed, "subsample")
+    classes, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    quota, remainder = counts * n // total, counts * n % total
+    left = n - int(quota.sum())
+    if left:
+        shuffled = torch.randperm(len(classes), generator=g)
+        quota[shuffled[torch.sort(remainder[shuffled], descending=True, stable=True).indices[:left]]] += 1
+    order = torch.randperm(total, generator=g)
+    # a random order within each class: stable-sort the random permutation by class
+    by_class = order[torch.sort(inverse[order], stable=True).indices]
+    start = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(total) - start[inverse[by_class]]
+    return by_class[rank < quota[inverse[by_class]]].sort().values
+
+
 def load_split(name: str, split: str, root: str = "data", download: bool = False, image_size: int = 32,
                n: int = 0, seed: int = 0) -> ImageSet:
     """Load one split of a data set as an `ImageSet` (cached within the process).
 
-    ``n``/``seed`` size and seed the embedded synthetic set; they are ignored otherwise.
+    ``n``/``seed``: the size and seed of a generated set; of a real set, a seeded subset of
+    ``n`` samples in which every class keeps its share (`stratified_indices`; 0 = all).
     """
     if name not in KNOWN:
         raise ValueError(f"unknown data set {name!r}; known: {KNOWN}")
-    s = _load_cached(name, split, str(root), bool(download), int(image_size), int(n), int(seed))
-    return ImageSet(s.images, s.labels, s.poisoned.clone(), s.name)
+    if name in GENERATED:
+        s = _load_cached(name, split, str(root), bool(download), int(image_size), int(n), int(seed))
+        return ImageSet(s.images, s.labels, s.poisoned.clone(), s.name)
+    s = _load_cached(name, split, str(root), bool(download), int(image_size), 0, 0)
+    idx = stratified_indices(s.labels, int(n), int(seed))
+    if len(idx) == len(s):
+        return ImageSet(s.images, s.labels, s.poisoned.clone(), s.name)
+    return s.subset(idx)

@@ -55,48 +55,74 @@ def _distance(shape: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     raise ValueError(shape)
 
 
-def make_synthetic(n: int, seed: int = 0, image_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return ``(images uint8 (n, 3, S, S), labels int64 (n,))``, deterministic in ``seed``."""
+def uniform(g: torch.Generator, lo: float, hi: float, *shape: int) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(*shape, generator=g)
+
+
+def balanced_labels(n: int, g: torch.Generator) -> torch.Tensor:
+    """``n`` labels, every class ``n // N_CLASSES`` or one more times, in a seeded order."""
     if n <= 0:
         raise ValueError(f"synthetic data set size must be positive, got {n}")
-    g = torch.Generator().manual_seed(int(seed))
-    s = image_size
     labels = torch.arange(n) % N_CLASSES
-    labels = labels[torch.randperm(n, generator=g)]
+    return labels[torch.randperm(n, generator=g)]
 
-    def U(lo: float, hi: float, *shape: int) -> torch.Tensor:
-        return lo + (hi - lo) * torch.rand(*shape, generator=g)
 
-    cy, cx = U(0.35, 0.65, n) * s, U(0.35, 0.65, n) * s
-    size = U(0.2, 0.32, n) * s
-    angle = U(-math.pi, math.pi, n)
-    fg = (FOREGROUND[labels] + 0.06 * torch.randn(n, 3, generator=g)).clamp(0, 1)
-    bg = (BACKGROUND[labels] + 0.06 * torch.randn(n, 3, generator=g)).clamp(0, 1)
-    shade_dir = U(-math.pi, math.pi, n)
-    shade_amp = U(0.0, 0.25, n)
+def pixel_grid(s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel-centre coordinates ``(ys, xs)``, each ``(s, s)``."""
+    return torch.meshgrid(torch.arange(s, dtype=torch.float32) + 0.5, torch.arange(s, dtype=torch.float32) + 0.5,
+                          indexing="ij")
 
-    ys, xs = torch.meshgrid(torch.arange(s, dtype=torch.float32) + 0.5, torch.arange(s, dtype=torch.float32) + 0.5,
-                            indexing="ij")
+
+def shape_layer(labels: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, size: torch.Tensor, angle: torch.Tensor,
+                fg: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's class shape at centre ``(cy, cx)``, radius ``size`` (pixels), rotated by
+    ``angle``, in colour ``fg`` (n, 3) lit from its top-left: ``(alpha (n, 1, s, s) with soft
+    edges about one pixel wide, foreground (n, 3, s, s))``."""
+    ys, xs = pixel_grid(s)
     dy, dx = ys[None] - cy[:, None, None], xs[None] - cx[:, None, None]
     ca, sa = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
     u = (ca * dx + sa * dy) / size[:, None, None]
     v = (-sa * dx + ca * dy) / size[:, None, None]
-
-    dist = torch.empty(n, s, s)
+    dist = torch.empty(len(labels), s, s)
     for c in range(N_CLASSES):
         idx = labels == c
         dist[idx] = _distance(c, u[idx], v[idx])
-    # soft edges about one pixel wide
     alpha = torch.sigmoid((1.0 - dist) * size[:, None, None] * 1.5)[:, None]
+    light = 1.0 + 0.25 * (-(u + v) / 2.0).clamp(-1, 1)[:, None]
+    return alpha, fg[:, :, None, None] * light
 
+
+def to_uint8(img: torch.Tensor, g: torch.Generator, noise: float = 0.02) -> torch.Tensor:
+    """Float images in about [0, 1] plus a little pixel noise, as uint8."""
+    img = img + noise * torch.randn(img.shape, generator=g)
+    return img.clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+def random_layout(g: torch.Generator, n: int, s: int, centre: tuple[float, float] = (0.35, 0.65),
+                  radius: tuple[float, float] = (0.2, 0.32), max_angle: float = math.pi):
+    """Balanced labels and every image's shape centre ``(cy, cx)``, radius and rotation; the
+    centre and radius ranges are shares of the image size ``s``."""
+    labels = balanced_labels(n, g)
+    cy, cx = uniform(g, *centre, n) * s, uniform(g, *centre, n) * s
+    size = uniform(g, *radius, n) * s
+    angle = uniform(g, -max_angle, max_angle, n)
+    return labels, cy, cx, size, angle
+
+
+def make_synthetic(n: int, seed: int = 0, image_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(images uint8 (n, 3, S, S), labels int64 (n,))``, deterministic in ``seed``."""
+    g = torch.Generator().manual_seed(int(seed))
+    s = image_size
+    labels, cy, cx, size, angle = random_layout(g, n, s)
+    fg = (FOREGROUND[labels] + 0.06 * torch.randn(n, 3, generator=g)).clamp(0, 1)
+    bg = (BACKGROUND[labels] + 0.06 * torch.randn(n, 3, generator=g)).clamp(0, 1)
+    shade_dir = uniform(g, -math.pi, math.pi, n)
+    shade_amp = uniform(g, 0.0, 0.25, n)
+
+    alpha, foreground = shape_layer(labels, cy, cx, size, angle, fg, s)
     # background: a linear shading gradient in a random direction
+    ys, xs = pixel_grid(s)
     gy, gx = (ys / s - 0.5)[None], (xs / s - 0.5)[None]
     grad = torch.cos(shade_dir)[:, None, None] * gx + torch.sin(shade_dir)[:, None, None] * gy
     background = bg[:, :, None, None] * (1.0 + shade_amp[:, None, None, None] * grad[:, None])
-    # foreground: lit from the top-left of the shape
-    light = 1.0 + 0.25 * (-(u + v) / 2.0).clamp(-1, 1)[:, None]
-    foreground = fg[:, :, None, None] * light
-    img = alpha * foreground + (1 - alpha) * background
-    img = img + 0.02 * torch.randn(img.shape, generator=g)
-    images = img.clamp(0, 1).mul(255).round().to(torch.uint8)
-    return images, labels
+    return to_uint8(alpha * foreground + (1 - alpha) * background, g), labels
