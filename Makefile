@@ -8,7 +8,7 @@ EXTRAS = dev,sweeps$(if $(TORCH_EXTRA),$(comma)$(TORCH_EXTRA))
 comma := ,
 DEMO_DIR ?= logs/demo/$(shell date +%Y-%m-%d_%H-%M-%S)
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo demo-control test test-slow bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -24,6 +24,15 @@ demo: install
 	$(PY) train.py experiment=demo hydra.run.dir=$(DEMO_DIR)/train
 	$(PY) evaluate.py run=$(DEMO_DIR)/train hydra.run.dir=$(DEMO_DIR)/eval
 	@$(PY) -m dede.report.show $(DEMO_DIR)/eval/results.json
+
+## The demo's clean-victim control: a clean SimCLR victim (the cached one the demo's BadEncoder
+## started from) with its own decoder, then every main detector scored on the demo's images with
+## both controls (DEMO_DIR=<the demo's folder>).
+demo-control: install
+	$(PY) train.py experiment=demo attack=clean hydra.run.dir=$(DEMO_DIR)/clean
+	$(PY) evaluate.py run=$(DEMO_DIR)/train control_run=$(DEMO_DIR)/clean hydra.run.dir=$(DEMO_DIR)/eval_control \
+		"detectors=[dede,dede_ablate,dede_transplant,mahalanobis,feature_norm,isolation_forest]"
+	@$(PY) -m dede.report.show $(DEMO_DIR)/eval_control/results.json
 
 test: install
 	$(PY) -m pytest
