@@ -205,7 +205,7 @@ def test_clean_victim_is_not_flagged(clean_run, tmp_path, cache_dir):
     """An honest encoder: every detector flags about its nominal 5 % of clean images."""
     out = tmp_path / "clean_eval"
     r = run_entry("evaluate.py", [f"run={clean_run}", f"hydra.run.dir={out}", "logger=csv", "detectors=all",
-                                  "eval.downstream.epochs=10"], cache_dir)
+                                  "eval.downstream.epochs=10", "eval.downstream.n_train=1000"], cache_dir)
     assert r.returncode == 0, r.output[-3000:]
     res = json.loads((out / "results.json").read_text())
     assert res["attack"] == "clean" and res["asr"] < 0.3  # no backdoor to speak of
