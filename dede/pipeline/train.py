@@ -55,7 +55,7 @@ def run_train(cfg: DictConfig) -> dict:
     train_set, val_set = aux.split(float(cfg.data.val_fraction), cfg.seed)
     log.info("auxiliary set %s: %d train (%d poisoned), %d held out", cfg.data.name, len(train_set),
              int(train_set.poisoned.sum()), len(val_set))
-    cache = bool(cfg.decoder.cache_embeddings) and not bool(cfg.data.get("augment", False))
+    cache = bool(cfg.decoder.cache_embeddings)
     dm = AuxDataModule(train_set, val_set, victim, batch_size=int(cfg.data.batch_size), cache_embeddings=cache,
                        num_workers=int(cfg.data.num_workers), seed=cfg.seed)
 
