@@ -9,6 +9,7 @@ import torch
 
 from dede.data import ImageSet
 from dede.decoder.model import DeDeModel
+from dede.detect.scoring import dede_patch_errors
 from dede.triggers import Trigger
 from dede.victims.encoders import Victim
 
@@ -60,6 +61,15 @@ class EvalContext:
             for i in range(0, len(images), self.batch_size)]) if len(images) else
             torch.empty(0, self.victim.embed_dim, device=self.device))
 
+    def map_batches(self, images: torch.Tensor, fn, copies: int = 1, *aligned: torch.Tensor) -> torch.Tensor:
+        """``fn(x, *aligned_rows)`` on float [0, 1] batches ``x`` of ``images`` on the device, each
+        batch small enough that ``copies`` perturbed versions of it make about one ``batch_size``;
+        the per-image results concatenated on the CPU."""
+        step = max(1, self.batch_size // max(1, copies))
+        out = [fn(as_float(images[i:i + step], self.device), *(a[i:i + step] for a in aligned))
+               for i in range(0, len(images), step)]
+        return torch.cat(out).float().cpu() if out else torch.empty(0)
+
     @torch.no_grad()
     def probe_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits of the downstream classifier for images (uint8 or [0, 1] float), batch by batch;
@@ -78,12 +88,7 @@ class EvalContext:
             raise RuntimeError("this evaluation has no DeDe decoder")
 
         def compute():
-            emb = self.embed(images)
-            g = torch.Generator(device=self.device).manual_seed(int(self.seed))
-            self.model.eval()
-            out = [self.model.patch_errors(as_float(images[i:i + self.batch_size], self.device),
-                                           emb[i:i + self.batch_size], self.mask_ratio, g, self.n_masks)
-                   for i in range(0, len(images), self.batch_size)]
-            return torch.cat(out) if out else torch.empty(0, self.model.num_patches, device=self.device)
+            return dede_patch_errors(self.model, self.victim, images, self.mask_ratio, self.batch_size,
+                                     int(self.seed), self.n_masks, self.embed(images))
 
         return self._memoised("patch_errors", images, compute)

@@ -53,14 +53,13 @@ class _RegionDetector(Detector):
             raise ValueError(f"region_fraction={region_fraction} must be in (0, 1]")
         self.region_fraction = float(region_fraction)
 
+    copies = 1  # victim passes per image, so that a batch of them stays about ctx.batch_size
+
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> torch.Tensor:
-        ctx, bs = self.ctx, self.ctx.batch_size
-        region = suspicious_region(ctx, images, self.region_fraction)
-        z = F.normalize(ctx.embed(images), dim=1)
-        out = [self._score_batch(as_float(images[i:i + bs], ctx.device), region[i:i + bs], z[i:i + bs])
-               for i in range(0, len(images), bs)]
-        return torch.cat(out).cpu() if out else torch.empty(0)
+        region = suspicious_region(self.ctx, images, self.region_fraction)
+        z = F.normalize(self.ctx.embed(images), dim=1)
+        return self.ctx.map_batches(images, self._score_batch, self.copies, region, z)
 
     def _score_batch(self, x, region, z) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -100,6 +99,7 @@ class DeDeTransplant(_RegionDetector):
         if score not in ("agree", "original"):
             raise ValueError(f"score={score!r}: use 'agree' or 'original'")
         self.n_hosts, self.mode = int(n_hosts), score
+        self.copies = self.n_hosts
 
     def fit(self, ctx: EvalContext) -> "DeDeTransplant":
         super().fit(ctx)

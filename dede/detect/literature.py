@@ -28,19 +28,6 @@ from dede.detect.detectors import EmbeddingDetector, _embedding_detector
 from dede.triggers.frequency import dct_matrix
 
 
-def _per_batch(ctx: EvalContext, images: torch.Tensor, fn: Callable, copies: int = 1,
-               aligned: torch.Tensor | None = None) -> torch.Tensor:
-    """``fn(x)`` (or ``fn(x, aligned_rows)``) on float [0, 1] batches of ``images`` on the device,
-    each batch small enough that ``copies`` perturbed versions of it make about one
-    ``ctx.batch_size``; the scores concatenated on the CPU."""
-    step = max(1, ctx.batch_size // max(1, copies))
-    out = []
-    for i in range(0, len(images), step):
-        x = as_float(images[i:i + step], ctx.device)
-        out.append(fn(x) if aligned is None else fn(x, aligned[i:i + step]))
-    return torch.cat(out).float().cpu() if out else torch.empty(0)
-
-
 def _probe_labels(ctx: EvalContext, variants: torch.Tensor) -> torch.Tensor:
     """Probe predictions ``(B, V)`` of perturbed copies ``(B, V, 3, H, W)``."""
     b, v = variants.shape[:2]
@@ -110,8 +97,7 @@ class MaskConsistency(Detector):
 
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> torch.Tensor:
-        return _per_batch(self.ctx, images, self._score_batch, self.n_orders * self.levels,
-                          self.ctx.embed(images))
+        return self.ctx.map_batches(images, self._score_batch, self.n_orders * self.levels, self.ctx.embed(images))
 
     def _score_batch(self, x: torch.Tensor, z0: torch.Tensor) -> torch.Tensor:
         b, (o, lv) = len(x), self.masks.shape[:2]
@@ -137,7 +123,7 @@ class _ProbeConsistency(Detector):
 
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> torch.Tensor:
-        return _per_batch(self.ctx, images, self._score_batch, self.n_variants + 1)
+        return self.ctx.map_batches(images, self._score_batch, self.n_variants + 1)
 
     def _score_batch(self, x: torch.Tensor) -> torch.Tensor:
         labels = _probe_labels(self.ctx, torch.cat([x[:, None], self.variants(x)], 1))
@@ -306,7 +292,7 @@ class Strip(Detector):
 
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> torch.Tensor:
-        return _per_batch(self.ctx, images, self._score_batch, self.n_blend)
+        return self.ctx.map_batches(images, self._score_batch, self.n_blend)
 
     def _score_batch(self, x: torch.Tensor) -> torch.Tensor:
         blends = self.alpha * x[:, None] + (1 - self.alpha) * self.partners[None]

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dede.data import ImageSet
 from dede.decoder import DeDeModule
-from dede.detect import apply_threshold, auroc, median_threshold, reconstructions, roc_curve
+from dede.detect import Threshold, apply_threshold, auroc, median_threshold, reconstructions, roc_curve
 from dede.detect.base import DETECTORS, resolve_detectors
 from dede.detect.context import EvalContext
 from dede.detect.harness import ImageSets, ThresholdRule, compare
@@ -192,13 +192,13 @@ def evaluate_run(run: Path, e: DictConfig, out: Path, cfg: DictConfig | None = N
     control = load_run(control_dir, e, device, trusted).ctx if control_dir else None
     test, trig, benign, benign_info = test_sets(tcfg, e, ctx.trigger)
 
-    ds = _Downstream(tcfg, e, ctx.victim, test, trig, benign, ctx.target, device) if e.downstream.enabled else None
+    ds = _Downstream(tcfg, e, ctx, test, trig, benign, device) if e.downstream.enabled else None
     down = ds.before() if ds is not None else {}
     if ds is not None:
         ctx.probe = ds.classifier
         if control is not None and any("probe" in DETECTORS[n].needs for n in names):
             # the clean victim's own probe, trained the same way on its features
-            control.probe = _Downstream(load_run_config(control_dir), e, control.victim, test, trig, None, ctx.target,
+            control.probe = _Downstream(load_run_config(control_dir), e, control, test, trig, None,
                                         device).fit_classifier()
     sets = ImageSets(test.images, trig.images, None if benign is None else benign.images,
                      ds.train.images if ds is not None else None)
@@ -238,7 +238,7 @@ def pairing_key(tcfg: DictConfig) -> str:
 def _main_results(row: dict, arrays: dict, rule: ThresholdRule, tcfg, run, ctx, test, trig, down: dict) -> dict:
     """The top level of results.json: DeDe's (the paper's) row with its controls."""
     s_clean, s_trig = (torch.from_numpy(arrays[f"dede/{k}"]) for k in ("clean", "triggered"))
-    thr = apply_threshold(rule.label, row["threshold"], s_clean, s_trig)
+    thr = Threshold(rule.label, row["threshold"], row["flag_rate_triggered"], row["flag_rate_clean"])
     med = apply_threshold("median", median_threshold(s_clean, s_trig), s_clean, s_trig)
     res = {k: row[k] for k in ("auroc", "auprc", "tpr_at_fpr_05")}
     res.update({"threshold": thr.as_dict(), "other_thresholds": [med.as_dict()],
@@ -265,14 +265,16 @@ class _Downstream:
     """The downstream protocol on the victim's home data: features computed once, one MLP
     trained per call (before filtering, and once per detector after filtering)."""
 
-    def __init__(self, tcfg, e, victim, test, trig, benign, target, device) -> None:
+    def __init__(self, tcfg, e, ctx: EvalContext, test, trig, benign, device) -> None:
         d = e.downstream
         train = home_split(tcfg, "train")
         if d.n_train:
             train = train.subset(torch.arange(min(int(d.n_train), len(train))))
         self.train = train
         sets = {"train": train, "test": test, "trig": trig} | ({"benign": benign} if benign is not None else {})
-        self.feats = {k: victim.embed(s.float_images()).cpu() for k, s in sets.items()}
+        # through the context's memo: the embedding detectors reuse these embeddings
+        self.feats = {k: ctx.embed(s.images).cpu() for k, s in sets.items()}
+        target = ctx.target
         self.n_classes = int(max(train.labels.max(), test.labels.max()) + 1)
         self.kw = dict(epochs=int(d.epochs), batch_size=int(d.batch_size), lr=float(d.lr), hidden=tuple(d.hidden),
                        dropout=float(d.dropout), seed=int(e.seed),

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
+from dede.report.aggregate import job_overrides
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,9 +21,7 @@ SEED_OFFSET = 1000
 
 def reference_overrides(run: Path, seed: int) -> list[str]:
     """train.py overrides of the reference run of the suspect run in ``run`` (seeded ``seed``)."""
-    f = run / ".hydra" / "overrides.yaml"
-    overrides = [str(o) for o in yaml.safe_load(f.read_text())] if f.is_file() else []
-    keep = [o for o in overrides if o.lstrip("+~").split("=", 1)[0].split(".")[0].split("/")[0] not in DROPPED]
+    keep = [o for o in job_overrides(run) if o.lstrip("+~").split("=", 1)[0].split(".")[0].split("/")[0] not in DROPPED]
     return keep + ["attack=clean", f"seed={seed + SEED_OFFSET}", "data.poison_rate=0.0", "logger=csv"]
 
 
