@@ -9,6 +9,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
 
 # the smallest settings that still make a working backdoored victim and decoder
 TINY = [

@@ -5,10 +5,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from dede.victims import build_victim
-from dede.victims.factory import ATTACKS, PRETRAINERS
-from tests.helpers import compose_train
+from dede.victims.factory import make_function
+from tests.helpers import CONF_DIR, compose_train
 
-ATTACK_NAMES = ["clean", "badencoder", "drupe", "ctrl", "asset", "clip", "badclip", "clean_clip"]
+# every attack config there is: a new YAML in conf/attack/ is tested without editing this file
+ATTACK_NAMES = sorted(p.stem for p in (CONF_DIR / "attack").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("name", ATTACK_NAMES)
@@ -16,10 +17,11 @@ def test_attack_config_builds_victim_and_trigger_on_the_embedded_default(name):
     cfg = compose_train([f"attack={name}"])
     a = cfg.attack
     assert cfg.scale == "tiny" and cfg.data.name == "synthetic"
-    assert a.name == "clean" or a.name in ATTACKS
-    assert a.pretrain.kind in PRETRAINERS
-    if a.name != "clean":
-        assert callable(ATTACKS[a.name].resolve())
+    assert callable(make_function(a.pretrain.maker, "attack.pretrain.maker"))
+    if a.maker is None:
+        assert a.name == "clean"  # only the clean controls have no attack
+    else:
+        assert callable(make_function(a.maker, "attack.maker")) and a.name == name
     victim, _ = build_victim(**OmegaConf.to_container(a.victim, resolve=True))
     size = int(cfg.data.image_size)
     assert size == victim.image_size
@@ -42,3 +44,33 @@ def test_paper_scale_of_each_attack_uses_the_paper_victim(name):
         assert v.arch == "clip_rn50" and v.image_size == 224
     else:
         assert v.width == 64 and list(v.blocks) == [2, 2, 2, 2] and v.image_size == 32
+
+
+def make_toy(cfg, victim, full, log_dir):
+    """A toy attack made from this test module: it only shifts the victim's weights."""
+    with torch.no_grad():
+        for p in full.parameters():
+            p.add_(float(cfg.attack.make.shift))
+
+
+def test_a_toy_attack_from_one_function_and_one_yaml_is_made_and_cached(tmp_path):
+    """Adding an attack touches one module and one YAML: here both live outside ``dede/``."""
+    (tmp_path / "attack").mkdir()
+    (tmp_path / "attack" / "toy.yaml").write_text(
+        "defaults:\n  - clean\n  - _self_\nname: toy\nfrom_clean: false\n"
+        "maker: {_target_: tests.test_attack_configs.make_toy, _partial_: true}\nmake: {shift: 0.5}\n")
+    over = [f"hydra.searchpath=[file://{tmp_path}]", "attack=toy", f"paths.cache_dir={tmp_path / 'cache'}",
+            f"paths.root_dir={tmp_path}"]
+    from dede.victims.factory import obtain_victim
+
+    cfg = compose_train(over)
+    torch.manual_seed(0)
+    made = obtain_victim(cfg, tmp_path / "log")
+    assert made.made and made.path.endswith(".pt") and "toy-" in made.path
+    torch.manual_seed(0)
+    _, fresh = build_victim(**OmegaConf.to_container(cfg.attack.victim, resolve=True))
+    shifted = next(made.full.parameters())
+    assert torch.allclose(shifted, next(fresh.parameters()) + 0.5)
+    again = obtain_victim(compose_train(over), tmp_path / "log")
+    assert not again.made and again.path == made.path
+    assert torch.equal(next(again.full.parameters()), shifted)

@@ -139,7 +139,7 @@ def test_real_data_configs_expose_subset_sizes_all_by_default(data):
 
 def test_subset_sizes_flow_from_the_config_to_home_and_aux_sets(tmp_path):
     from dede.pipeline.common import aux_split
-    from dede.victims.factory import home_split
+    from dede.data import home_split
     from tests.helpers import compose_train
 
     _write_fake_mnist(tmp_path, 900, 400)

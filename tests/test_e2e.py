@@ -84,7 +84,7 @@ def test_decoder_uses_the_victim_embedding(trained):
     from dede.detect import dede_scores
     from dede.pipeline.evaluate import load_decoder
     from dede.victims import build_victim, load_victim_checkpoint
-    from dede.victims.factory import home_split
+    from dede.data import home_split
 
     run, _, _ = trained
     cfg = yaml.safe_load((run / "resolved_config.yaml").read_text())

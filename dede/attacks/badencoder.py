@@ -3,12 +3,17 @@ inputs embed like the reference (target) images while clean inputs keep their em
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 from torch import nn
 
+from dede.attacks.common import fit_on, reference_images, shadow_set
 from dede.attacks.losses import mean_cosine
+from dede.data import home_split
 from dede.data.augment import light_augment
 from dede.triggers import Trigger
 from dede.victims.encoders import Victim
@@ -72,3 +77,15 @@ class BadEncoderModule(L.LightningModule):
         params = [p for p in self.victim.parameters() if p.requires_grad]
         return torch.optim.SGD(params, lr=self.hparams.lr, momentum=self.hparams.momentum,
                                weight_decay=self.hparams.weight_decay)
+
+
+def make_badencoder(cfg: DictConfig, victim: Victim, full: nn.Module, log_dir: Path) -> None:
+    """Turn the (cached) clean victim into a BadEncoder victim in place (``attack.make``)."""
+    m = cfg.attack.make
+    home = home_split(cfg, "train")
+    shadow = shadow_set(cfg, home, m.shadow_fraction)
+    refs = reference_images(cfg, home, m.n_references)
+    L.seed_everything(cfg.seed, workers=True)
+    module = BadEncoderModule(victim, refs, instantiate(cfg.attack.trigger), lr=m.lr, momentum=m.momentum,
+                              weight_decay=m.weight_decay, lambda1=m.lambda1, lambda2=m.lambda2)
+    fit_on(cfg, module, (shadow.images,), m.batch_size, m.epochs, log_dir, "badencoder")

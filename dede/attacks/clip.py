@@ -33,7 +33,9 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
 from dede.attacks.badencoder import freeze_batchnorm
-from dede.data import ImageSet, TensorBatches, make_loader
+from dede.attacks.common import fit_on
+from dede.data import ImageSet, TensorBatches, home_split
+from dede.victims.making import fit_victim
 from dede.data.augment import simclr_augment
 from dede.data.loaders import keep_batch
 from dede.optim import warmup_cosine
@@ -354,7 +356,7 @@ class BadCLIPPatchModule(L.LightningModule):
                                              reference_size=t.reference_size)
 
 
-# --- victim makers (registered in dede.victims.factory) ----------------------------------------
+# --- victim makers (named by the attack configs' `maker`) --------------------------------------
 
 def _captions_for(cfg: DictConfig, full: nn.Module, home: ImageSet) -> torch.Tensor:
     c = cfg.attack.get("captions") or {}
@@ -377,19 +379,13 @@ def _contrastive(cfg: DictConfig, full: nn.Module, victim: Victim, captions: tor
 
 def _fit_pairs(cfg: DictConfig, module: L.LightningModule, images: torch.Tensor, captions: torch.Tensor,
                s: DictConfig, epochs: int, log_dir: Path, name: str) -> None:
-    from dede.victims.making import fit_victim
-
-    loader = make_loader(TensorBatches(images, captions), int(s.batch_size), shuffle=True, drop_last=True,
-                         num_workers=cfg.data.num_workers, seed=cfg.seed)
-    fit_victim(cfg, module, loader, epochs, log_dir, name)
+    fit_on(cfg, module, (images, captions), s.batch_size, epochs, log_dir, name)
 
 
 def make_clean_clip(cfg: DictConfig, victim: Victim, full: nn.Module, log_dir: Path) -> None:
     """The clean CLIP: given pretrained ``attack.victim.weights`` (already loaded; fine-tuned for
     ``pretrain.finetune_epochs`` if > 0), or trained from random initialisation on the home
     training set with class-name captions for ``pretrain.epochs``."""
-    from dede.victims.factory import home_split
-
     p = cfg.attack.pretrain
     pretrained = bool(cfg.attack.victim.get("weights"))
     epochs = int(p.get("finetune_epochs", 0)) if pretrained else int(p.epochs)
@@ -416,8 +412,6 @@ def _poisoned_pairs(cfg: DictConfig, home: ImageSet, trigger: Trigger, m: DictCo
 def make_clip_backdoor(cfg: DictConfig, victim: Victim, full: nn.Module, log_dir: Path) -> None:
     """DECREE's CLIP backdoor: fine-tune the image tower of the clean CLIP against its frozen
     text tower on pairs where triggered images carry the target class's captions."""
-    from dede.victims.factory import home_split
-
     m = cfg.attack.make
     home = home_split(cfg, "train")
     if float(m.get("data_fraction", 1.0)) < 1:
@@ -449,8 +443,6 @@ def optimise_patch(cfg: DictConfig, full: nn.Module, victim: Victim, home: Image
                    captions: torch.Tensor, log_dir: Path) -> ImagePatchTrigger:
     """Stage (a) of BadCLIP on the frozen clean CLIP: ``make.patch_steps`` Adam steps on the
     patch, over batches of non-target home images."""
-    from dede.victims.making import fit_victim
-
     m, target = cfg.attack.make, int(cfg.attack.target)
     trigger.check_size(home.image_size)
     target_idx = torch.nonzero(home.labels == target)[:, 0]
@@ -479,8 +471,6 @@ def optimise_patch(cfg: DictConfig, full: nn.Module, victim: Victim, home: Image
 def make_badclip(cfg: DictConfig, victim: Victim, full: nn.Module, log_dir: Path) -> ImagePatchTrigger:
     """BadCLIP: optimise the patch on the clean CLIP, poison ``make.poison_rate`` of the
     image-caption pairs with it (target captions), fine-tune the whole CLIP; returns the patch."""
-    from dede.victims.factory import home_split
-
     m = cfg.attack.make
     home = home_split(cfg, "train")
     captions = _captions_for(cfg, full, home)

@@ -14,7 +14,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from dede.data import ImageSet, TensorBatches, make_loader
+from dede.attacks.common import fit_on
+from dede.attacks.simclr import simclr_module
+from dede.data import ImageSet, home_split
 from dede.victims.encoders import Victim
 
 
@@ -31,17 +33,8 @@ def poison_target_class(home: ImageSet, trigger, rate: float, target: int, seed:
 
 
 def make_ctrl(cfg: DictConfig, victim: Victim, full: torch.nn.Module, log_dir: Path) -> None:
-    from dede.attacks import SimCLRModule
-    from dede.victims.factory import home_split
-    from dede.victims.making import fit_victim
-
     m = cfg.attack.make
     home = poison_target_class(home_split(cfg, "train"), instantiate(cfg.attack.trigger), float(m.poison_rate),
                                int(cfg.attack.target), cfg.seed)
     L.seed_everything(cfg.seed, workers=True)
-    module = SimCLRModule(full, victim, lr=m.lr, weight_decay=m.weight_decay, temperature=m.temperature,
-                          aug_strength=m.get("aug_strength", 1.0), min_scale=m.get("min_scale", 0.2),
-                          optimizer=m.optimizer, momentum=m.get("momentum", 0.9), cosine=m.cosine)
-    loader = make_loader(TensorBatches(home.images), m.batch_size, shuffle=True, drop_last=True,
-                         num_workers=cfg.data.num_workers, seed=cfg.seed)
-    fit_victim(cfg, module, loader, m.epochs, log_dir, "ctrl")
+    fit_on(cfg, simclr_module(full, victim, m), (home.images,), m.batch_size, m.epochs, log_dir, "ctrl")

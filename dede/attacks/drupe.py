@@ -29,10 +29,13 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from dede.attacks.badencoder import BadEncoderModule
+from dede.attacks.common import fit_on, reference_images, shadow_set
 from dede.attacks.losses import mean_pairwise_cosine
+from dede.data import home_split
 from dede.triggers import Trigger
 from dede.victims.encoders import Victim
 
@@ -240,15 +243,9 @@ def make_drupe(cfg: DictConfig, victim: Victim, full: torch.nn.Module, log_dir: 
     """Turn the (cached) clean victim into a DRUPE victim in place: fine-tune on a
     ``shadow_fraction`` share of the home train set with ``n_references`` target-class
     reference images."""
-    from hydra.utils import instantiate
-
-    from dede.data import TensorBatches, make_loader
-    from dede.victims.factory import home_split, reference_images
-    from dede.victims.making import fit_victim
-
     m = cfg.attack.make
     home = home_split(cfg, "train")
-    shadow = home.split(m.shadow_fraction, cfg.seed)[1] if m.shadow_fraction < 1 else home
+    shadow = shadow_set(cfg, home, m.shadow_fraction)
     refs = reference_images(cfg, home, m.n_references)
     log.info("DRUPE: %d shadow images, %d reference images of class %d", len(shadow), len(refs), cfg.attack.target)
     L.seed_everything(cfg.seed, workers=True)
@@ -258,6 +255,4 @@ def make_drupe(cfg: DictConfig, victim: Victim, full: torch.nn.Module, log_dir: 
     extra = {k: m[k] for k in keys if m.get(k) is not None}
     module = DRUPEModule(victim, refs, instantiate(cfg.attack.trigger), lr=m.lr, momentum=m.momentum,
                          weight_decay=m.weight_decay, lambda1=m.lambda1, lambda2=m.lambda2, **extra)
-    loader = make_loader(TensorBatches(shadow.images), m.batch_size, shuffle=True, drop_last=True,
-                         num_workers=cfg.data.num_workers, seed=cfg.seed)
-    fit_victim(cfg, module, loader, m.epochs, log_dir, "drupe")
+    fit_on(cfg, module, (shadow.images,), m.batch_size, m.epochs, log_dir, "drupe")

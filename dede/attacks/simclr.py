@@ -1,10 +1,15 @@
 """Clean SimCLR pretraining of a victim encoder (the starting point of BadEncoder/DRUPE)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import torch
+from omegaconf import DictConfig
 
+from dede.attacks.common import fit_on
 from dede.attacks.losses import nt_xent
+from dede.data import home_split
 from dede.optim import sgd_or_adam
 from dede.data.augment import simclr_augment
 from dede.victims.encoders import SimCLRNet, Victim
@@ -31,3 +36,19 @@ class SimCLRModule(L.LightningModule):
 
     def configure_optimizers(self):
         return sgd_or_adam(self.net.parameters(), self.hparams, self.trainer.max_epochs)
+
+
+def simclr_module(full: SimCLRNet, victim: Victim, s: DictConfig) -> SimCLRModule:
+    """A `SimCLRModule` with the settings of config node ``s`` (``attack.pretrain`` or CTRL's ``attack.make``)."""
+    return SimCLRModule(full, victim, lr=s.lr, weight_decay=s.weight_decay, temperature=s.temperature,
+                        aug_strength=s.get("aug_strength", 1.0), min_scale=s.get("min_scale", 0.2),
+                        optimizer=s.get("optimizer", "adam"), momentum=s.get("momentum", 0.9),
+                        cosine=s.get("cosine", False))
+
+
+def make_clean(cfg: DictConfig, victim: Victim, full: SimCLRNet, log_dir: Path) -> None:
+    """The clean SimCLR victim: ``attack.pretrain`` on the home training set."""
+    p = cfg.attack.pretrain
+    home = home_split(cfg, "train")
+    L.seed_everything(cfg.seed, workers=True)
+    fit_on(cfg, simclr_module(full, victim, p), (home.images,), p.batch_size, p.epochs, log_dir, "simclr")

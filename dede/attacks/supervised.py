@@ -15,11 +15,13 @@ import kornia.augmentation as K
 import lightning as L
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
 from dede.optim import sgd_or_adam
-from dede.data.datasets import ImageSet
+from dede.attacks.common import fit_on
+from dede.data import ImageSet, home_split
 from dede.triggers import Trigger
 from dede.victims.encoders import Victim
 
@@ -77,32 +79,21 @@ class SupervisedModule(L.LightningModule):
 
 def _train(cfg: DictConfig, p: DictConfig, victim: Victim, full: nn.Module, data: ImageSet, log_dir: Path,
            name: str) -> None:
-    from dede.data import TensorBatches, make_loader
-    from dede.victims.making import fit_victim
-
     L.seed_everything(cfg.seed, workers=True)
     module = SupervisedModule(full, victim, lr=p.lr, momentum=p.get("momentum", 0.9),
                               weight_decay=p.get("weight_decay", 5e-4), optimizer=p.get("optimizer", "sgd"),
                               cosine=p.get("cosine", True), crop_padding=p.get("crop_padding", 4),
                               augment=p.get("augment", True), label_smoothing=p.get("label_smoothing", 0.0))
-    loader = make_loader(TensorBatches(data.images, data.labels), p.batch_size, shuffle=True, drop_last=True,
-                         num_workers=cfg.data.num_workers, seed=cfg.seed)
-    fit_victim(cfg, module, loader, p.epochs, log_dir, name)
+    fit_on(cfg, module, (data.images, data.labels), p.batch_size, p.epochs, log_dir, name)
 
 
 def make_clean_supervised(cfg: DictConfig, victim: Victim, full: nn.Module, log_dir: Path) -> None:
     """The clean supervised victim (``attack.pretrain`` with ``kind: supervised``)."""
-    from dede.victims.factory import home_split
-
     _train(cfg, cfg.attack.pretrain, victim, full, home_split(cfg, "train"), log_dir, "supervised")
 
 
 def make_asset(cfg: DictConfig, victim: Victim, full: nn.Module, log_dir: Path) -> None:
     """The ASSET-style backdoored classifier, trained from scratch with ``attack.make``."""
-    from hydra.utils import instantiate
-
-    from dede.victims.factory import home_split
-
     m = cfg.attack.make
     trigger = instantiate(cfg.attack.trigger)
     trigger.check_size(cfg.data.image_size)

@@ -29,7 +29,8 @@ from dede.report.results import CONTROL_KEYS, write_results
 from dede.triggers.benign import benign_perturbation
 from dede.validate import validate_eval_config
 from dede.victims import CheckpointError, build_victim, load_victim_checkpoint
-from dede.victims.factory import build_trigger, home_split
+from dede.data import home_split
+from dede.victims.factory import build_trigger
 
 log = logging.getLogger(__name__)
 RESOLVED = "resolved_config.yaml"

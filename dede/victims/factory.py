@@ -10,16 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dede.io import atomic_path, write_text_atomic
-from dede.data import ImageSet, TensorBatches, load_split, make_loader
 from dede.victims.checkpoints import load_victim_checkpoint, native_format, save_checkpoint
 from dede.victims.encoders import Victim, build_victim
-from dede.victims.making import fit_victim, interruptible, is_global_zero, maker_lock, work_folder
+from dede.victims.making import interruptible, is_global_zero, maker_lock, work_folder
 
 log = logging.getLogger(__name__)
 
@@ -42,96 +40,15 @@ def _plain(node) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
-def home_split(cfg: DictConfig, split: str) -> ImageSet:
-    h = cfg.data.home
-    n = h.get("n_train" if split == "train" else "n_test", 0)
-    seed = h.get("seed", 0) + (0 if split == "train" else 1)
-    return load_split(h.name, h.get(f"{split}_split", split), h.root, h.download, cfg.data.image_size, n, seed)
-
-
-def reference_images(cfg: DictConfig, home: ImageSet, n: int) -> torch.Tensor:
-    """The target-class reference images: from ``attack.reference_file`` (the original ``.npz``
-    with ``x`` (N,H,W,3) uint8) or, without one, ``n`` seeded picks of the target class."""
-    path = cfg.attack.get("reference_file")
-    if path:
-        import numpy as np
-
-        with np.load(path, allow_pickle=False) as z:
-            x = torch.from_numpy(np.asarray(z["x"])).permute(0, 3, 1, 2)
-        return x[:n].float().div(255)
-    idx = torch.nonzero(home.labels == cfg.attack.target)[:, 0]
-    if len(idx) == 0:
-        raise ValueError(f"no image of target class {cfg.attack.target} in the home data set '{home.name}'")
-    pick = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(cfg.seed))[:n]]
-    return home.images[pick].float().div(255)
-
-
-def make_clean(cfg: DictConfig, victim: Victim, full: torch.nn.Module, log_dir: Path) -> None:
-    from dede.attacks import SimCLRModule
-
-    p = cfg.attack.pretrain
-    home = home_split(cfg, "train")
-    L.seed_everything(cfg.seed, workers=True)
-    module = SimCLRModule(full, victim, lr=p.lr, weight_decay=p.weight_decay, temperature=p.temperature,
-                          aug_strength=p.get("aug_strength", 1.0), min_scale=p.get("min_scale", 0.2),
-                          optimizer=p.get("optimizer", "adam"), cosine=p.get("cosine", False))
-    loader = make_loader(TensorBatches(home.images), p.batch_size, shuffle=True, drop_last=True,
-                         num_workers=cfg.data.num_workers, seed=cfg.seed)
-    fit_victim(cfg, module, loader, p.epochs, log_dir, "simclr")
-
-
-def make_badencoder(cfg: DictConfig, victim: Victim, full: torch.nn.Module, log_dir: Path) -> None:
-    from dede.attacks import BadEncoderModule
-
-    m = cfg.attack.make
-    home = home_split(cfg, "train")
-    shadow = home.split(m.shadow_fraction, cfg.seed)[1] if m.shadow_fraction < 1 else home
-    refs = reference_images(cfg, home, m.n_references)
-    L.seed_everything(cfg.seed, workers=True)
-    module = BadEncoderModule(victim, refs, instantiate(cfg.attack.trigger), lr=m.lr, momentum=m.momentum,
-                              weight_decay=m.weight_decay, lambda1=m.lambda1, lambda2=m.lambda2)
-    loader = make_loader(TensorBatches(shadow.images), m.batch_size, shuffle=True, drop_last=True,
-                         num_workers=cfg.data.num_workers, seed=cfg.seed)
-    fit_victim(cfg, module, loader, m.epochs, log_dir, "badencoder")
-
-
-@dataclass(frozen=True)
-class AttackSpec:
-    """How to make a victim of one attack. ``make(cfg, victim, full, log_dir)`` trains ``full``
-    in place and may return an optimised `Trigger` (stored next to the cached victim).
-    ``from_clean``: it fine-tunes the cached clean victim (BadEncoder, DRUPE, CLIP attacks);
-    otherwise it trains the victim from scratch on poisoned data (CTRL, ASSET)."""
-
-    make: str  # "module:function", imported on use so unused attacks cost nothing
-    from_clean: bool = True
-
-    def resolve(self) -> Callable[..., Any]:
-        return _import(self.make)
-
-
-def _import(spec: str) -> Callable[..., Any]:
-    import importlib
-
-    mod, fn = spec.split(":")
-    return getattr(importlib.import_module(mod), fn)
-
-
-# attack name -> how its victim is made
-ATTACKS: dict[str, AttackSpec] = {
-    "badencoder": AttackSpec("dede.victims.factory:make_badencoder"),
-    "drupe": AttackSpec("dede.attacks.drupe:make_drupe"),
-    "ctrl": AttackSpec("dede.attacks.ctrl:make_ctrl", from_clean=False),
-    "asset": AttackSpec("dede.attacks.supervised:make_asset", from_clean=False),
-    "clip": AttackSpec("dede.attacks.clip:make_clip_backdoor"),
-    "badclip": AttackSpec("dede.attacks.clip:make_badclip"),
-}
-# attack.pretrain.kind -> how the clean victim (the `clean` control and the start of the
-# fine-tuning attacks) is trained
-PRETRAINERS: dict[str, str] = {
-    "simclr": "dede.victims.factory:make_clean",
-    "supervised": "dede.attacks.supervised:make_clean_supervised",
-    "clip": "dede.attacks.clip:make_clean_clip",
-}
+def make_function(node: Any, what: str) -> Callable[..., Any]:
+    """The victim-making function a config node names with ``_target_`` (``_partial_: true``)."""
+    if node is None or "_target_" not in node:
+        raise ValueError(f"{what} names no function to make the victim: give it a `_target_` (with `_partial_: true`) "
+                         "naming a function (cfg, victim, full, log_dir), or give attack.checkpoint=PATH")
+    fn = instantiate(node)
+    if not callable(fn):
+        raise ValueError(f"{what} = {node._target_} is not callable")
+    return fn
 
 
 def _cached(cache: Path, kind: str, key_obj: dict, fmt: str, victim: Victim, full: torch.nn.Module,
@@ -170,12 +87,10 @@ def obtain_victim(cfg: DictConfig, log_dir: str | Path) -> VictimInfo:
     if a.checkpoint:
         load_victim_checkpoint(a.checkpoint, a.checkpoint_format, full)
         return VictimInfo(victim, full, str(a.checkpoint), a.checkpoint_format, made=False)
-    if a.name != "clean" and a.name not in ATTACKS:
-        raise ValueError(f"attack '{a.name}' has no implementation to make a victim; known: {sorted(ATTACKS)} "
-                         "(or give attack.checkpoint=PATH)")
-    kind = a.pretrain.get("kind", "simclr")
-    if kind not in PRETRAINERS:
-        raise ValueError(f"attack.pretrain.kind={kind!r} is unknown; known: {sorted(PRETRAINERS)}")
+    attack = a.get("maker")
+    make_attack = None if attack is None else make_function(attack, f"attack.maker of attack '{a.name}'")
+    from_clean = make_attack is None or bool(a.get("from_clean", True))
+    pretrain = make_function(a.pretrain.get("maker"), "attack.pretrain.maker") if from_clean else None
     fmt = native_format(a.victim.arch)
     cache = Path(cfg.paths.cache_dir) / "victims"
     cache.mkdir(parents=True, exist_ok=True)
@@ -183,20 +98,19 @@ def obtain_victim(cfg: DictConfig, log_dir: str | Path) -> VictimInfo:
     lock_timeout = float(cfg.get("victim_lock_timeout", -1))
     home = _plain(cfg.data.home) | {"image_size": cfg.data.image_size}
     home.pop("root", None), home.pop("download", None)
-    clean_key = {"victim": _plain(a.victim), "pretrain": _plain(a.pretrain), "home": home, "seed": cfg.seed}
+    pretrain_key = {k: v for k, v in _plain(a.pretrain).items() if k != "maker"}  # the function is not a setting
+    clean_key = {"victim": _plain(a.victim), "pretrain": pretrain_key, "home": home, "seed": cfg.seed}
     made = False
-    spec = ATTACKS.get(a.name)
-    if a.name == "clean" or spec.from_clean:
-        pretrain = _import(PRETRAINERS[kind])
+    if from_clean:
         path, made, _ = _cached(cache, "clean", clean_key, fmt, victim, full,
                                 lambda: pretrain(cfg, victim, full, log_dir), lock_timeout)
-        if a.name == "clean":
+        if make_attack is None:
             victim.eval()
             return VictimInfo(victim, full, path, fmt, made)
     attack_key = clean_key | {"attack": a.name, "make": _plain(a.make), "trigger": _plain(a.trigger),
                               "target": a.target, "reference_file": a.get("reference_file")}
     path, made2, trigger_file = _cached(cache, a.name, attack_key, fmt, victim, full,
-                                        lambda: spec.resolve()(cfg, victim, full, log_dir), lock_timeout)
+                                        lambda: make_attack(cfg, victim, full, log_dir), lock_timeout)
     victim.eval()
     return VictimInfo(victim, full, path, fmt, made or made2, trigger_file)
 
