@@ -270,7 +270,7 @@ def test_wrong_format_names_the_expected_format_and_hints_the_right_one(tmp_path
     with pytest.raises(CheckpointError) as e:
         load_victim_checkpoint(path, asked, full)
     msg = str(e.value)
-    assert f"does not match the '{asked}' format ({FORMATS[asked]})" in msg
+    assert f"does not match the '{asked}' format ({FORMATS[asked].layout})" in msg
     assert "missing keys:" in msg and "unexpected keys:" in msg
     assert f"look like the '{written}' format" in msg and f"attack.checkpoint_format={written}" in msg
     assert guess_format(sd) == written

@@ -10,6 +10,7 @@ import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,10 +22,6 @@ from dede.triggers import Trigger, apply_to_uint8
 
 # made from n and seed; the others are read from disk and subsampled
 GENERATED = {"synthetic": make_synthetic, "synthetic_hard": make_synthetic_hard}
-KNOWN = [*GENERATED, "cifar10", "cifar100", "stl10", "svhn", "gtsrb", "mnist", "fashion_mnist", "imagefolder"]
-# classes of each data set, known without loading it (an image folder has as many as sub-folders)
-NUM_CLASSES = {"synthetic": SYNTHETIC_CLASSES, "synthetic_hard": SYNTHETIC_CLASSES, "cifar10": 10, "cifar100": 100,
-               "stl10": 10, "svhn": 10, "gtsrb": 43, "mnist": 10, "fashion_mnist": 10}
 
 
 def salted_generator(seed: int, purpose: str) -> torch.Generator:
@@ -114,16 +111,75 @@ def _from_pil(ds, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(imgs), torch.tensor(labels)
 
 
-MISSING_HELP = {
-    "cifar10": "cifar-10-batches-py/ (from cifar-10-python.tar.gz)",
-    "cifar100": "cifar-100-python/ (from cifar-100-python.tar.gz)",
-    "stl10": "stl10_binary/ (from stl10_binary.tar.gz)",
-    "svhn": "train_32x32.mat / test_32x32.mat",
-    "gtsrb": "gtsrb/GTSRB/Training and gtsrb/GTSRB/Final_Test (the torchvision GTSRB layout)",
-    "mnist": "MNIST/raw/*-ubyte files",
-    "fashion_mnist": "FashionMNIST/raw/*-ubyte files",
-    "imagefolder": "one sub-folder of images per class",
+# --- readers of the real data sets: (root, split, download, image_size) -> (images uint8, labels) ---
+
+def _cifar(cls_name: str):
+    def read(root: Path, split: str, download: bool, image_size: int):
+        import torchvision.datasets as tvd
+
+        ds = getattr(tvd, cls_name)(str(root), train=(split == "train"), download=download)
+        return torch.from_numpy(ds.data).permute(0, 3, 1, 2), torch.tensor(ds.targets)
+    return read
+
+
+def _split_arrays(cls_name: str):
+    """STL-10 and SVHN: ``split`` is a torchvision split name, ``data`` is already (N, 3, H, W)."""
+    def read(root: Path, split: str, download: bool, image_size: int):
+        import torchvision.datasets as tvd
+
+        ds = getattr(tvd, cls_name)(str(root), split=split, download=download)
+        return torch.from_numpy(ds.data), torch.from_numpy(ds.labels).long()
+    return read
+
+
+def _grey(cls_name: str):
+    def read(root: Path, split: str, download: bool, image_size: int):
+        import torchvision.datasets as tvd
+
+        ds = getattr(tvd, cls_name)(str(root), train=(split == "train"), download=download)
+        return ds.data[:, None].expand(-1, 3, -1, -1), ds.targets.long()
+    return read
+
+
+def _gtsrb(root: Path, split: str, download: bool, image_size: int):
+    import torchvision.datasets as tvd
+
+    return _from_pil(tvd.GTSRB(str(root), split=split, download=download), image_size)
+
+
+def _image_folder(root: Path, split: str, download: bool, image_size: int):
+    import torchvision.datasets as tvd
+
+    folder = root / split if (root / split).is_dir() else root
+    if not folder.is_dir():
+        raise DataNotFoundError(f"image folder {folder} does not exist")
+    return _from_pil(tvd.ImageFolder(str(folder)), image_size)
+
+
+@dataclass(frozen=True)
+class RealSet:
+    """How to read a real data set, its class count (None: known only once read) and the files
+    a user must put under ``data.root`` when it is missing."""
+
+    read: Callable[[Path, str, bool, int], tuple[torch.Tensor, torch.Tensor]]
+    classes: int | None
+    files: str
+
+
+REAL: dict[str, RealSet] = {
+    "cifar10": RealSet(_cifar("CIFAR10"), 10, "cifar-10-batches-py/ (from cifar-10-python.tar.gz)"),
+    "cifar100": RealSet(_cifar("CIFAR100"), 100, "cifar-100-python/ (from cifar-100-python.tar.gz)"),
+    "stl10": RealSet(_split_arrays("STL10"), 10, "stl10_binary/ (from stl10_binary.tar.gz)"),
+    "svhn": RealSet(_split_arrays("SVHN"), 10, "train_32x32.mat / test_32x32.mat"),
+    "gtsrb": RealSet(_gtsrb, 43, "gtsrb/GTSRB/Training and gtsrb/GTSRB/Final_Test (the torchvision GTSRB layout)"),
+    "mnist": RealSet(_grey("MNIST"), 10, "MNIST/raw/*-ubyte files"),
+    "fashion_mnist": RealSet(_grey("FashionMNIST"), 10, "FashionMNIST/raw/*-ubyte files"),
+    "imagefolder": RealSet(_image_folder, None, "one sub-folder of images per class"),
 }
+KNOWN = [*GENERATED, *REAL]
+# classes of each data set, known without loading it (an image folder has as many as sub-folders)
+NUM_CLASSES = {"synthetic": SYNTHETIC_CLASSES, "synthetic_hard": SYNTHETIC_CLASSES} | {
+    k: v.classes for k, v in REAL.items() if v.classes is not None}
 
 
 @functools.lru_cache(maxsize=16)
@@ -132,41 +188,16 @@ def _load_cached(name: str, split: str, root: str, download: bool, image_size: i
     if name in GENERATED:
         images, labels = GENERATED[name](n, seed=seed, image_size=image_size)
         return ImageSet(images, labels, name=name)
-
-    import torchvision.datasets as tvd
-
+    if name not in REAL:
+        raise ValueError(f"unknown data set {name!r}; known: {KNOWN}")
     root_p = Path(root).expanduser()
     try:
-        if name in ("cifar10", "cifar100"):
-            cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
-            ds = cls(str(root_p), train=(split == "train"), download=download)
-            images, labels = torch.from_numpy(ds.data).permute(0, 3, 1, 2), torch.tensor(ds.targets)
-        elif name == "stl10":
-            ds = tvd.STL10(str(root_p), split=split, download=download)
-            images, labels = torch.from_numpy(ds.data), torch.from_numpy(ds.labels).long()
-        elif name == "svhn":
-            ds = tvd.SVHN(str(root_p), split=split, download=download)
-            images, labels = torch.from_numpy(ds.data), torch.from_numpy(ds.labels).long()
-        elif name in ("mnist", "fashion_mnist"):
-            cls = tvd.MNIST if name == "mnist" else tvd.FashionMNIST
-            ds = cls(str(root_p), train=(split == "train"), download=download)
-            images, labels = ds.data[:, None].expand(-1, 3, -1, -1), ds.targets.long()
-        elif name == "gtsrb":
-            ds = tvd.GTSRB(str(root_p), split=split, download=download)
-            images, labels = _from_pil(ds, image_size)
-        elif name == "imagefolder":
-            folder = root_p / split if (root_p / split).is_dir() else root_p
-            if not folder.is_dir():
-                raise DataNotFoundError(f"image folder {folder} does not exist")
-            ds = tvd.ImageFolder(str(folder))
-            images, labels = _from_pil(ds, image_size)
-        else:
-            raise ValueError(f"unknown data set {name!r}; known: {KNOWN}")
+        images, labels = REAL[name].read(root_p, split, download, image_size)
     except (RuntimeError, FileNotFoundError) as exc:
         if isinstance(exc, DataNotFoundError):
             raise
         raise DataNotFoundError(
-            f"data set '{name}' (split '{split}') not found under {root_p}: put {MISSING_HELP.get(name, 'its files')} "
+            f"data set '{name}' (split '{split}') not found under {root_p}: put {REAL[name].files} "
             f"in {root_p} (set data.root to another folder if it lives elsewhere), or allow downloading with "
             f"data.download=true. Original error: {exc}") from exc
     images = _resize_uint8(images.contiguous(), image_size)

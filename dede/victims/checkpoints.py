@@ -5,7 +5,7 @@ mismatch raises `CheckpointError` naming the expected format and the missing and
 unexpected keys, instead of silently leaving layers at their random initialisation, and,
 when the keys look like another known format, says which one.
 
-Formats (`FORMATS`) and the victim architectures they load into (`FORMAT_ARCHS`):
+Formats (`FORMATS`) and the victim architectures they load into:
 ``badencoder`` (simclr_resnet), ``ctrl`` (ctrl_resnet), ``supervised``
 (supervised_resnet), ``decree_clip`` (image tower of clip_rn50 / clip_small) and
 ``badclip`` (whole clip_rn50 / clip_small). `save_checkpoint` writes the full model's own
@@ -16,48 +16,85 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
-from typing import Mapping
+from dataclasses import dataclass
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
 
 from dede.io import atomic_path
 
-# format name -> description of the layout it expects
-FORMATS: dict[str, str] = {
-    "badencoder": "BadEncoder/DRUPE SimCLR checkpoint: {'state_dict': ...} with keys 'f.f.*' (encoder) and 'g.*' (head)",
-    "ctrl": "CTRL SimCLR checkpoint: {'epoch', 'state_dict', 'optimizer'} with keys 'backbone.*' (CIFAR ResNet "
-            "with 'shortcut' skips) and 'proj_head.*' (head), optionally prefixed 'module.'",
-    "supervised": "supervised CIFAR ResNet classifier: a state dict, or {'state_dict' | 'model' | 'net': ...}, with "
-                  "keys 'conv1.*', 'bn1.*', 'layer1.*'..'layer4.*' ('shortcut' skips) and 'linear.*', optionally "
-                  "prefixed 'module.'",
-    "decree_clip": "CLIP image tower only (DECREE / BadEncoder CLIP): keys 'conv1.weight', ..., 'attnpool.*', "
-                   "without prefix or all prefixed 'visual.'; loaded into the image tower of a CLIP victim",
-    "badclip": "whole CLIP model (BadCLIP): {'epoch', 'name', 'state_dict', 'optimizer'} with keys 'visual.*', "
-               "'transformer.*', 'token_embedding.weight', 'positional_embedding', 'ln_final.*', "
-               "'text_projection', 'logit_scale', optionally prefixed 'module.'",
-}
+@dataclass(frozen=True)
+class CheckpointFormat:
+    """One checkpoint layout: what it looks like, the victim architectures (``attack.victim.arch``)
+    whose full model it holds, the keys a state dict may be wrapped in, whether `save_checkpoint`
+    writes it for those architectures, and how its keys map onto the model (``adapt``:
+    ``(state, full_model) -> (state, module to load into, hint or None)``)."""
 
-# format -> the victim architectures (attack.victim.arch) whose full model it holds
-FORMAT_ARCHS: dict[str, tuple[str, ...]] = {
-    "badencoder": ("simclr_resnet",),
-    "ctrl": ("ctrl_resnet",),
-    "supervised": ("supervised_resnet",),
-    "decree_clip": ("clip_rn50", "clip_small"),
-    "badclip": ("clip_rn50", "clip_small"),
-}
+    layout: str
+    archs: tuple[str, ...]
+    wrappers: tuple[str, ...] = ("state_dict",)
+    native: bool = True
+    adapt: Callable[[dict, nn.Module], tuple[dict, nn.Module, str | None]] | None = None
+
 
 # keys that OpenAI's serialised CLIP carries next to the weights (hyper-parameters, not weights)
 _CLIP_SCALARS = ("input_resolution", "context_length", "vocab_size")
 
 
+def _ctrl(state: dict, full_model: nn.Module) -> tuple[dict, nn.Module, str | None]:
+    hint = None
+    if state and all(k.startswith("backbone.") for k in state):
+        hint = ("the checkpoint holds only the backbone (no 'proj_head.*' keys); the 'ctrl' format is the "
+                "whole SimCLR model as CTRL's training script saves it")
+    return state, full_model, hint
+
+
+def _decree_clip(state: dict, full_model: nn.Module) -> tuple[dict, nn.Module, str | None]:
+    target = getattr(full_model, "visual", None)
+    if not isinstance(target, nn.Module):
+        f = FORMATS["decree_clip"]
+        raise CheckpointError(f"format 'decree_clip' ({f.layout}) loads the image tower of a CLIP victim "
+                              f"(attack.victim.arch={' or '.join(f.archs)}), but this victim "
+                              f"({type(full_model).__name__}) has none")
+    if state and all(k.startswith("visual.") for k in state):
+        state = {k.removeprefix("visual."): v for k, v in state.items()}
+    return state, target, None
+
+
+def _badclip(state: dict, full_model: nn.Module) -> tuple[dict, nn.Module, str | None]:
+    return {k: v for k, v in state.items() if k not in _CLIP_SCALARS}, full_model, None
+
+
+FORMATS: dict[str, CheckpointFormat] = {
+    "badencoder": CheckpointFormat(
+        "BadEncoder/DRUPE SimCLR checkpoint: {'state_dict': ...} with keys 'f.f.*' (encoder) and 'g.*' (head)",
+        ("simclr_resnet",)),
+    "ctrl": CheckpointFormat(
+        "CTRL SimCLR checkpoint: {'epoch', 'state_dict', 'optimizer'} with keys 'backbone.*' (CIFAR ResNet with "
+        "'shortcut' skips) and 'proj_head.*' (head), optionally prefixed 'module.'", ("ctrl_resnet",), adapt=_ctrl),
+    "supervised": CheckpointFormat(
+        "supervised CIFAR ResNet classifier: a state dict, or {'state_dict' | 'model' | 'net': ...}, with keys "
+        "'conv1.*', 'bn1.*', 'layer1.*'..'layer4.*' ('shortcut' skips) and 'linear.*', optionally prefixed 'module.'",
+        ("supervised_resnet",), wrappers=("state_dict", "model", "net")),
+    "decree_clip": CheckpointFormat(
+        "CLIP image tower only (DECREE / BadEncoder CLIP): keys 'conv1.weight', ..., 'attnpool.*', without prefix "
+        "or all prefixed 'visual.'; loaded into the image tower of a CLIP victim", ("clip_rn50", "clip_small"),
+        native=False, adapt=_decree_clip),
+    "badclip": CheckpointFormat(
+        "whole CLIP model (BadCLIP): {'epoch', 'name', 'state_dict', 'optimizer'} with keys 'visual.*', "
+        "'transformer.*', 'token_embedding.weight', 'positional_embedding', 'ln_final.*', 'text_projection', "
+        "'logit_scale', optionally prefixed 'module.'", ("clip_rn50", "clip_small"), adapt=_badclip),
+}
+
+
 def native_format(arch: str) -> str:
     """The format whose keys are exactly ``full_model.state_dict()`` of ``arch``, i.e. the
     one `save_checkpoint` writes for it and that reads such a checkpoint back."""
-    for fmt in ("badencoder", "ctrl", "supervised", "badclip"):
-        if arch in FORMAT_ARCHS[fmt]:
-            return fmt
-    raise ValueError(f"unknown victim arch {arch!r}; known: {sorted(a for v in FORMAT_ARCHS.values() for a in v)}")
+    for name, fmt in FORMATS.items():
+        if fmt.native and arch in fmt.archs:
+            return name
+    raise ValueError(f"unknown victim arch {arch!r}; known: {sorted({a for f in FORMATS.values() for a in f.archs})}")
 
 
 class CheckpointError(RuntimeError):
@@ -131,8 +168,8 @@ def _format_hint(fmt: str, keys) -> str | None:
     guess = guess_format(keys)
     if guess is None or guess == fmt:
         return None
-    return (f"these keys look like the '{guess}' format ({FORMATS[guess]}); set "
-            f"attack.checkpoint_format={guess} (with attack.victim.arch={' or '.join(FORMAT_ARCHS[guess])})")
+    return (f"these keys look like the '{guess}' format ({FORMATS[guess].layout}); set "
+            f"attack.checkpoint_format={guess} (with attack.victim.arch={' or '.join(FORMATS[guess].archs)})")
 
 
 def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], fmt: str, source: str = "checkpoint",
@@ -145,7 +182,7 @@ def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], fmt: str, s
     if missing or unexpected or shape:
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
-        parts = [f"{source} does not match the '{fmt}' format ({FORMATS.get(fmt, fmt)})."]
+        parts = [f"{source} does not match the '{fmt}' format ({FORMATS[fmt].layout if fmt in FORMATS else fmt})."]
         if missing:
             parts.append(f"missing keys: {show(missing)}")
         if unexpected:
@@ -157,7 +194,7 @@ def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], fmt: str, s
                 parts.append("the classifier differs: check attack.victim.num_classes")
         if hint:
             parts.append(hint)
-        archs = " or ".join(FORMAT_ARCHS.get(fmt, ()))
+        archs = " or ".join(FORMATS[fmt].archs if fmt in FORMATS else ())
         parts.append("Check attack.checkpoint_format" + (f" (this format is for attack.victim.arch={archs})"
                                                           if archs else "")
                      + " and the victim architecture (attack.victim.width/blocks).")
@@ -174,29 +211,18 @@ def load_victim_checkpoint(path: str | os.PathLike, fmt: str, full_model: nn.Mod
     """Load ``path`` (written in format ``fmt``, see `FORMATS`) into ``full_model`` in place.
 
     ``full_model`` is the second value of `build_victim` for an arch of the format
-    (`FORMAT_ARCHS`); ``decree_clip`` loads only its image tower ``full_model.visual``."""
+    (``FORMATS[fmt].archs``); ``decree_clip`` loads only its image tower ``full_model.visual``."""
     if fmt not in FORMATS:
         raise CheckpointError(f"unknown checkpoint format {fmt!r}; known: {sorted(FORMATS)}")
     source = str(path)
-    state = read_state_dict(path, ("state_dict", "model", "net") if fmt == "supervised" else ("state_dict",))
+    f = FORMATS[fmt]
+    state = read_state_dict(path, f.wrappers)
     raw_keys = list(state)
     state = _strip_module(state)
-    target = full_model
-    hint = _format_hint(fmt, raw_keys)
-    if fmt == "ctrl":
-        if hint is None and state and all(k.startswith("backbone.") for k in state):
-            hint = ("the checkpoint holds only the backbone (no 'proj_head.*' keys); the 'ctrl' format is the "
-                    "whole SimCLR model as CTRL's training script saves it")
-    elif fmt == "decree_clip":
-        target = getattr(full_model, "visual", None)
-        if not isinstance(target, nn.Module):
-            raise CheckpointError(f"format 'decree_clip' ({FORMATS[fmt]}) loads the image tower of a CLIP "
-                                  f"victim (attack.victim.arch={' or '.join(FORMAT_ARCHS[fmt])}), but this "
-                                  f"victim ({type(full_model).__name__}) has none")
-        if state and all(k.startswith("visual.") for k in state):
-            state = {k.removeprefix("visual."): v for k, v in state.items()}
-    elif fmt == "badclip":
-        state = {k: v for k, v in state.items() if k not in _CLIP_SCALARS}
+    target, hint = full_model, None
+    if f.adapt is not None:
+        state, target, hint = f.adapt(state, full_model)
+    hint = _format_hint(fmt, raw_keys) or hint
     load_strict(target, state, fmt, source=source, hint=hint)
 
 
