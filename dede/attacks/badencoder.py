@@ -49,21 +49,27 @@ class BadEncoderModule(L.LightningModule):
         freeze_batchnorm(self.victim)
         self.clean.eval()
 
-    def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The triggered batch and the embeddings BadEncoder's terms compare."""
         refs = self.references
         with torch.no_grad():
             x_trig = self.trigger(x)
             clean_x = self.clean(x)
             clean_r = self.clean(refs)
             aug_r = self.ref_augment(refs)
-        f_trig = self.victim(x_trig)
-        f_x = self.victim(x)
-        f_r = self.victim(refs)
-        f_aug_r = self.victim(aug_r)
-        l0 = -mean_cosine(f_trig, f_r)
-        l1 = -mean_cosine(f_aug_r, clean_r)
-        l2 = -torch.nn.functional.cosine_similarity(f_x, clean_x, dim=1).mean()
+        return {"x_trig": x_trig, "f_trig": self.victim(x_trig), "f_x": self.victim(x), "f_r": self.victim(refs),
+                "f_aug_r": self.victim(aug_r), "clean_x": clean_x, "clean_r": clean_r}
+
+    @staticmethod
+    def terms(f: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Effectiveness (l0: triggered -> references) and utility (l1: references, l2: clean inputs)."""
+        l0 = -mean_cosine(f["f_trig"], f["f_r"])
+        l1 = -mean_cosine(f["f_aug_r"], f["clean_r"])
+        l2 = -torch.nn.functional.cosine_similarity(f["f_x"], f["clean_x"], dim=1).mean()
         return {"l0": l0, "l1": l1, "l2": l2}
+
+    def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.terms(self.features(x))
 
     def training_step(self, batch, batch_idx):
         x = batch[0]
