@@ -129,11 +129,18 @@ def test_multirun_gives_each_job_its_own_directory(trained, tmp_path, cache_dir)
     assert (tmp_path / "agg" / "auroc_vs_mask_ratio.png").is_file()
 
 
-def test_two_process_ddp_on_cpu(trained, tmp_path, cache_dir):
-    run = tmp_path / "ddp"
-    r = run_entry("train.py", TINY + ["trainer=ddp_sim", "decoder.epochs=1", "+trainer.limit_train_batches=2",
-                                      "+trainer.limit_val_batches=1", f"hydra.run.dir={run}"], cache_dir)
+def test_two_process_ddp_on_cpu(tmp_path):
+    """Both ranks make the (uncached) victim together and train the decoder; rank zero publishes."""
+    run, cache = tmp_path / "ddp", tmp_path / "cache"
+    small = ["data.home.n_train=512", "data.home.n_test=256", "data.n=512", "attack.pretrain.epochs=1",
+             "attack.pretrain.batch_size=64", "attack.make.epochs=1"]
+    r = run_entry("train.py", TINY + small + ["trainer=ddp_sim", "decoder.epochs=1", "+trainer.limit_train_batches=2",
+                                              "+trainer.limit_val_batches=1", f"hydra.run.dir={run}"], cache)
     assert r.returncode == 0, r.output[-3000:]
+    assert "[rank: 1]" in r.output
+    made = sorted(p.name for p in (cache / "victims").glob("*.pt"))
+    assert [n.split("-")[0] for n in made] == ["badencoder", "clean"], made
+    assert json.loads((run / "victim.json").read_text())["path"].endswith(made[0])
     assert "distributed_backend=gloo" in r.output or "world_size: 2" in r.output.lower() or "2 processes" in r.output
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2
