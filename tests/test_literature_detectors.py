@@ -220,3 +220,14 @@ def test_single_linkage_components():
 def test_bad_settings_fail_with_a_message(name, kwargs, match, contexts):
     with pytest.raises(ValueError, match=match):
         build_detector(name, **kwargs).fit(contexts[True])
+
+
+def test_scale_up_breaks_ties_of_its_share_without_reordering_it():
+    from dede.detect.literature import ScaleUp
+
+    det = ScaleUp(factors=[2, 3, 4])
+    same = torch.tensor([[True, True, True], [True, True, True], [True, True, False], [False, False, False]])
+    own = torch.tensor([[0.9, 0.9, 0.9], [0.6, 0.6, 0.6], [1.0, 1.0, 1.0], [0.4, 0.4, 0.4]])
+    s = det.reduce(same, own)
+    assert s[0] > s[1] > s[2] > s[3]  # full share first, ties by probability, then the lower shares
+    assert torch.allclose(s.floor(), torch.tensor([1.0, 1.0, 0.0, 0.0]))

@@ -28,10 +28,10 @@ from dede.detect.detectors import EmbeddingDetector, _embedding_detector
 from dede.triggers.frequency import dct_matrix
 
 
-def _probe_labels(ctx: EvalContext, variants: torch.Tensor) -> torch.Tensor:
-    """Probe predictions ``(B, V)`` of perturbed copies ``(B, V, 3, H, W)``."""
+def _probe_probs(ctx: EvalContext, variants: torch.Tensor) -> torch.Tensor:
+    """Probe class probabilities ``(B, V, C)`` of perturbed copies ``(B, V, 3, H, W)``."""
     b, v = variants.shape[:2]
-    return ctx.probe_logits(variants.flatten(0, 1)).argmax(1).view(b, v).to(variants.device)
+    return ctx.probe_logits(variants.flatten(0, 1)).float().softmax(-1).view(b, v, -1).to(variants.device)
 
 
 def _check_positive(**values) -> None:
@@ -117,7 +117,7 @@ class _ProbeConsistency(Detector):
     """Shared parts of the detectors that compare the probe's prediction of an image with its
     predictions of ``n_variants`` perturbed copies: ``variants(x)`` gives the copies
     ``(B, V, 3, H, W)``, ``reduce(same)`` turns ``same`` (``(B, V)``, copy predicted as the
-    image) into scores."""
+    image) into scores; ``own`` (``(B, V)``) is the probability each copy gives the image's label."""
 
     n_variants = 1
 
@@ -126,13 +126,16 @@ class _ProbeConsistency(Detector):
         return self.ctx.map_batches(images, self._score_batch, self.n_variants + 1)
 
     def _score_batch(self, x: torch.Tensor) -> torch.Tensor:
-        labels = _probe_labels(self.ctx, torch.cat([x[:, None], self.variants(x)], 1))
-        return self.reduce(labels[:, 1:] == labels[:, :1])
+        probs = _probe_probs(self.ctx, torch.cat([x[:, None], self.variants(x)], 1))
+        label = probs[:, :1].argmax(-1, keepdim=True)  # (B, 1, 1)
+        same = probs[:, 1:].argmax(-1) == label[..., 0]
+        own = probs[:, 1:].gather(-1, label.expand(-1, probs.shape[1] - 1, 1))[..., 0]
+        return self.reduce(same, own)
 
     def variants(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def reduce(self, same: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+    def reduce(self, same: torch.Tensor, own: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
 
@@ -241,7 +244,7 @@ class TeCo(_ProbeConsistency):
             out += [fn(x, v, self.noise) for v in severities]
         return torch.stack(out, 1)
 
-    def reduce(self, same: torch.Tensor) -> torch.Tensor:
+    def reduce(self, same: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
         flipped = ~same.view(len(same), len(self.corruptions), self.n_severities)
         first = torch.where(flipped.any(-1), flipped.float().argmax(-1) + 1, self.n_severities + 1)
         return first.float().std(1, correction=0)
@@ -252,7 +255,12 @@ class ScaleUp(_ProbeConsistency):
     """SCALE-UP (Guo et al., ICLR 2023): scaled prediction consistency. The image's pixel values
     are multiplied by each of ``factors`` (default 2..11) and clamped to [0, 1]; the score is the
     share of amplified copies the probe gives the image's own label. A trigger that controls the
-    prediction keeps it under amplification; a clean image's prediction drifts."""
+    prediction keeps it under amplification; a clean image's prediction drifts.
+
+    The share takes only ``len(factors) + 1`` values, so many clean images tie at 1.0 and a
+    threshold at the auxiliary 95 % quantile would flag nothing; ties are broken by the mean
+    probability the copies give the label, scaled below one step of the share (the ranking by
+    share is unchanged)."""
 
     def __init__(self, factors: Sequence[float] = tuple(range(2, 12))) -> None:
         self.factors = [float(f) for f in factors]
@@ -263,8 +271,8 @@ class ScaleUp(_ProbeConsistency):
     def variants(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([(x * f).clamp(0, 1) for f in self.factors], 1)
 
-    def reduce(self, same: torch.Tensor) -> torch.Tensor:
-        return same.float().mean(1)
+    def reduce(self, same: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+        return same.float().mean(1) + own.mean(1) / (same.shape[1] + 1)
 
 
 @register_detector("strip", needs=("probe",))
