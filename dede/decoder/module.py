@@ -8,7 +8,7 @@ import torch
 
 from dede.data import ImageSet, TensorBatches, make_loader
 from dede.decoder.model import DeDeModel
-from dede.optim import warmup_cosine
+from dede.optim import adam, warmup_cosine
 from dede.victims.encoders import Victim
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ class DeDeModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        opt = torch.optim.Adam(self.model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        opt = adam(self.model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         if hp.scheduler != "cosine":
             return opt
         total = max(1, self.trainer.estimated_stepping_batches)
