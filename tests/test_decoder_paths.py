@@ -1,9 +1,9 @@
 """The decoder's fast paths (no patch embedding when nothing stays visible, the mask from the
-restore ids, fused Adam) give the results of the plain computation."""
+restore ids, fused Adam, compiled blocks) give the results of the plain computation."""
 import pytest
 import torch
 
-from dede.decoder import DeDeModel
+from dede.decoder import DeDeModel, DeDeModule
 from dede.optim import adam
 
 
@@ -99,3 +99,26 @@ def test_decoder_adam_is_fused_and_follows_plain_adam():
     assert losses[id(a)] == pytest.approx(losses[id(b)], rel=1e-5)
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-4)
+
+
+def test_compiled_blocks_give_the_same_errors_and_keep_the_parameter_names():
+    pytest.importorskip("torch._inductor")
+    kw = dict(model=dict(image_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2, decoder_depth=1),
+              victim_dim=8)
+    plain, compiled = DeDeModule(**kw), DeDeModule(compile=True, **kw)
+    assert plain.state_dict().keys() == compiled.state_dict().keys()
+    compiled.load_state_dict(plain.state_dict())
+    x, emb = torch.rand(3, 3, 16, 16), torch.randn(3, 8)
+    for ratio in (0.75, 0.99):
+        e1 = plain.model.patch_errors(x, emb, ratio, torch.Generator().manual_seed(0))
+        e2 = compiled.model.patch_errors(x, emb, ratio, torch.Generator().manual_seed(0))
+        torch.testing.assert_close(e1, e2, rtol=1e-4, atol=1e-5)
+
+
+def test_compile_fails_at_once_with_the_reason(monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.raises(RuntimeError, match="torch.compile does not work here.*no C\\+\\+ compiler"):
+        small_model().compile_blocks()

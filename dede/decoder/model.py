@@ -24,6 +24,16 @@ def random_masking(batch: int, tokens: int, ratio: float, device, generator: tor
     return ids_shuffle[:, :keep], ids_restore, mask
 
 
+def check_torch_compile() -> None:
+    """Compile and run a one-line function; a RuntimeError that says why if that fails (e.g. no
+    C++ compiler for the CPU backend, a Python version torch.compile does not support)."""
+    try:
+        torch.compile(lambda t: torch.nn.functional.gelu(t) * 2)(torch.ones(2))
+    except Exception as exc:  # noqa: BLE001 - any failure means the option cannot work here
+        raise RuntimeError(f"compiling the DeDe decoder was asked for, but torch.compile does not work here "
+                           f"({type(exc).__name__}: {exc}); run without compile") from exc
+
+
 class DeDeModel(nn.Module):
     def __init__(self, victim_dim: int, image_size: int = 32, patch_size: int = 4, embed_dim: int = 192,
                  depth: int = 12, num_heads: int = 3, decoder_embed_dim: int | None = None,
@@ -60,6 +70,16 @@ class DeDeModel(nn.Module):
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+    def compile_blocks(self) -> "DeDeModel":
+        """``torch.compile`` every transformer block in place (the parameter names stay, so
+        checkpoints do not change). Blocks, not the whole model: the token count changes with the
+        mask ratio, and identical blocks share one compiled graph. Raises at once, with the
+        reason, where torch.compile does not work."""
+        check_torch_compile()
+        for blk in (*self.blocks, *self.decoder_blocks):
+            blk.compile()
+        return self
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         p = self.patch_size

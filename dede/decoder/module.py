@@ -60,10 +60,12 @@ class DeDeModule(L.LightningModule):
     def __init__(self, model: dict, victim_dim: int, mask_ratio: float = 0.9, test_mask_ratio: float = 0.99,
                  lr: float = 1e-3, weight_decay: float = 1e-6, warmup_epochs: float = 0.0,
                  scheduler: str = "cosine", mask_schedule: str = "fixed", mask_ratio_end: float | None = None,
-                 mix_prob: float = 0.5) -> None:
+                 mix_prob: float = 0.5, compile: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = DeDeModel(victim_dim=victim_dim, **model)
+        if compile:
+            self.model.compile_blocks()
         self._victim: list[Victim] = []
 
     def attach_victim(self, victim: Victim) -> "DeDeModule":
