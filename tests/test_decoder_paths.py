@@ -77,6 +77,15 @@ def test_training_gradients_equal_the_plain_computation():
         assert torch.equal(g, p.grad)
 
 
+def test_a_training_step_with_no_patch_visible_uses_every_parameter():
+    """DDP requires every parameter in every step's graph (the mixed schedule trains at 0.99)."""
+    m = small_model().train()
+    x, emb = torch.rand(2, 3, 16, 16), torch.randn(2, 8)
+    pred, mask = m(x, emb, 0.99)
+    m.loss(x, pred, mask).backward()
+    assert all(p.grad is not None for p in m.parameters())
+
+
 def test_decoder_adam_is_fused_and_follows_plain_adam():
     torch.manual_seed(0)
     a, b = small_model().train(), small_model().train()

@@ -96,10 +96,11 @@ class DeDeModel(nn.Module):
         ids_keep, ids_restore, mask = random_masking(b, self.num_patches, mask_ratio, images.device, generator)
         # the token stream in the dtype of the position embedding, also under autocast
         cls = self.victim_proj(victim_emb.to(self.pos_embed.dtype))[:, None].to(self.pos_embed.dtype)
-        if ids_keep.shape[1]:
+        if ids_keep.shape[1] or torch.is_grad_enabled():
             x = self.patch_embed(images) + self.pos_embed
             x = torch.cat([cls, x.gather(1, ids_keep[..., None].expand(-1, -1, x.shape[-1]))], dim=1)
-        else:  # nothing stays visible (the test ratio at 32x32 / patch 4): no patch to embed
+        else:  # scoring with no patch visible (the test ratio at 32x32 / patch 4): nothing to embed
+            # (a training step still embeds, so that DDP sees the patch embedding used every step)
             x = cls
         for blk in self.blocks:
             x = blk(x)
