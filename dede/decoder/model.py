@@ -20,10 +20,18 @@ def random_masking(batch: int, tokens: int, ratio: float, device, generator: tor
     noise = torch.rand(batch, tokens, device=device, generator=generator)
     ids_shuffle = noise.argsort(dim=1)
     ids_restore = ids_shuffle.argsort(dim=1)
-    mask = torch.ones(batch, tokens, device=device)
-    mask[:, :keep] = 0
-    mask = mask.gather(1, ids_restore)
+    mask = (ids_restore >= keep).float()  # position t is masked iff it comes after the kept ones
     return ids_shuffle[:, :keep], ids_restore, mask
+
+
+def check_torch_compile() -> None:
+    """Compile and run a one-line function; a RuntimeError that says why if that fails (e.g. no
+    C++ compiler for the CPU backend, a Python version torch.compile does not support)."""
+    try:
+        torch.compile(lambda t: torch.nn.functional.gelu(t) * 2)(torch.ones(2))
+    except Exception as exc:  # noqa: BLE001 - any failure means the option cannot work here
+        raise RuntimeError(f"compiling the DeDe decoder was asked for, but torch.compile does not work here "
+                           f"({type(exc).__name__}: {exc}); run without compile") from exc
 
 
 class DeDeModel(nn.Module):
@@ -63,6 +71,16 @@ class DeDeModel(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
+    def compile_blocks(self) -> "DeDeModel":
+        """``torch.compile`` every transformer block in place (the parameter names stay, so
+        checkpoints do not change). Blocks, not the whole model: the token count changes with the
+        mask ratio, and identical blocks share one compiled graph. Raises at once, with the
+        reason, where torch.compile does not work."""
+        check_torch_compile()
+        for blk in (*self.blocks, *self.decoder_blocks):
+            blk.compile()
+        return self
+
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         p = self.patch_size
         return rearrange(x, "b c (h p) (w q) -> b (h w) (p q c)", p=p, q=p)
@@ -75,17 +93,22 @@ class DeDeModel(nn.Module):
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns ``(pred (B, T, p*p*3) in pixel space, mask (B, T), 1 = masked)``."""
         b = images.shape[0]
-        x = self.patch_embed(images) + self.pos_embed
         ids_keep, ids_restore, mask = random_masking(b, self.num_patches, mask_ratio, images.device, generator)
-        x = x.gather(1, ids_keep[..., None].expand(-1, -1, x.shape[-1]))
-        cls = self.victim_proj(victim_emb.to(x.dtype))[:, None]
-        x = torch.cat([cls, x], dim=1)
+        # the token stream in the dtype of the position embedding, also under autocast
+        cls = self.victim_proj(victim_emb.to(self.pos_embed.dtype))[:, None].to(self.pos_embed.dtype)
+        if ids_keep.shape[1] or torch.is_grad_enabled():
+            x = self.patch_embed(images) + self.pos_embed
+            x = torch.cat([cls, x.gather(1, ids_keep[..., None].expand(-1, -1, x.shape[-1]))], dim=1)
+        else:  # scoring with no patch visible (the test ratio at 32x32 / patch 4): nothing to embed
+            # (a training step still embeds, so that DDP sees the patch embedding used every step)
+            x = cls
         for blk in self.blocks:
             x = blk(x)
         x = self.decoder_embed(self.norm(x))
         n_mask = self.num_patches - ids_keep.shape[1]
-        tokens = torch.cat([x[:, 1:], self.mask_token.expand(b, n_mask, -1)], dim=1)
-        tokens = tokens.gather(1, ids_restore[..., None].expand(-1, -1, x.shape[-1]))
+        tokens = self.mask_token.expand(b, n_mask, -1)
+        if ids_keep.shape[1]:  # else every token is the mask token: no order to restore
+            tokens = torch.cat([x[:, 1:], tokens], dim=1).gather(1, ids_restore[..., None].expand(-1, -1, x.shape[-1]))
         x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos_embed
         for blk in self.decoder_blocks:
             x = blk(x)

@@ -8,7 +8,7 @@ import torch
 
 from dede.data import ImageSet, TensorBatches, make_loader
 from dede.decoder.model import DeDeModel
-from dede.optim import warmup_cosine
+from dede.optim import adam, warmup_cosine
 from dede.victims.encoders import Victim
 
 log = logging.getLogger(__name__)
@@ -60,10 +60,12 @@ class DeDeModule(L.LightningModule):
     def __init__(self, model: dict, victim_dim: int, mask_ratio: float = 0.9, test_mask_ratio: float = 0.99,
                  lr: float = 1e-3, weight_decay: float = 1e-6, warmup_epochs: float = 0.0,
                  scheduler: str = "cosine", mask_schedule: str = "fixed", mask_ratio_end: float | None = None,
-                 mix_prob: float = 0.5) -> None:
+                 mix_prob: float = 0.5, compile: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = DeDeModel(victim_dim=victim_dim, **model)
+        if compile:
+            self.model.compile_blocks()
         self._victim: list[Victim] = []
 
     def attach_victim(self, victim: Victim) -> "DeDeModule":
@@ -154,7 +156,7 @@ class DeDeModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        opt = torch.optim.Adam(self.model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        opt = adam(self.model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         if hp.scheduler != "cosine":
             return opt
         total = max(1, self.trainer.estimated_stepping_batches)
