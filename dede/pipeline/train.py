@@ -32,7 +32,7 @@ def build_module(cfg: DictConfig, victim_dim: int) -> DeDeModule:
                       test_mask_ratio=float(dec.test_mask_ratio), lr=float(dec.lr),
                       weight_decay=float(dec.weight_decay), warmup_epochs=float(dec.warmup_epochs),
                       scheduler=dec.scheduler, mask_schedule=dec.mask_schedule, mask_ratio_end=dec.mask_ratio_end,
-                      mix_prob=float(dec.mix_prob))
+                      mix_prob=float(dec.mix_prob), compile=bool(dec.get("compile", False)))
 
 
 def run_train(cfg: DictConfig) -> dict:
