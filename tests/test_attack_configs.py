@@ -74,3 +74,11 @@ def test_a_toy_attack_from_one_function_and_one_yaml_is_made_and_cached(tmp_path
     again = obtain_victim(compose_train(over), tmp_path / "log")
     assert not again.made and again.path == made.path
     assert torch.equal(next(again.full.parameters()), shifted)
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF_DIR.parent / "sweeps" / "sweep").glob("*.yaml")))
+def test_every_sweep_preset_composes(preset):
+    cfg = compose_train([f"+sweep={preset}"])
+    assert cfg.attack.name and cfg.data.name
+    if preset == "adaptive":
+        assert cfg.attack.name == "adaptive_dede" and cfg.eval_after_train
