@@ -27,9 +27,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from dede.attacks.badencoder import BadEncoderModule, freeze_batchnorm
-from dede.attacks.common import fit_on, reference_images, shadow_set
-from dede.data import home_split
+from dede.attacks.badencoder import BadEncoderModule
+from dede.attacks.common import fit_on, shadow_and_references
 from dede.decoder.model import DeDeModel
 from dede.triggers import Trigger
 from dede.victims.encoders import Victim
@@ -97,8 +96,7 @@ class AdaptiveDeDeModule(BadEncoderModule):
         return None
 
     def on_train_epoch_start(self) -> None:
-        freeze_batchnorm(self.victim)
-        self.clean.eval()
+        super().on_train_epoch_start()
         self.surrogate.train()
 
     def configure_optimizers(self):
@@ -111,9 +109,7 @@ def make_adaptive_dede(cfg: DictConfig, victim: Victim, full: torch.nn.Module, l
     """Turn the (cached) clean victim into an adaptive (DeDe-aware) BadEncoder victim in place:
     ``surrogate_warmup_epochs`` of surrogate training, then ``epochs`` of the attack."""
     m = cfg.attack.make
-    home = home_split(cfg, "train")
-    shadow = shadow_set(cfg, home, m.shadow_fraction)
-    refs = reference_images(cfg, home, m.n_references)
+    shadow, refs = shadow_and_references(cfg)
     L.seed_everything(cfg.seed, workers=True)
     module = AdaptiveDeDeModule(
         victim, refs, instantiate(cfg.attack.trigger), OmegaConf.to_container(m.surrogate, resolve=True),

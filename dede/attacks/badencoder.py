@@ -11,9 +11,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from dede.attacks.common import fit_on, reference_images, shadow_set
+from dede.attacks.common import fit_on, shadow_and_references
 from dede.attacks.losses import mean_cosine
-from dede.data import home_split
 from dede.data.augment import light_augment
 from dede.triggers import Trigger
 from dede.victims.encoders import Victim
@@ -88,9 +87,7 @@ class BadEncoderModule(L.LightningModule):
 def make_badencoder(cfg: DictConfig, victim: Victim, full: nn.Module, log_dir: Path) -> None:
     """Turn the (cached) clean victim into a BadEncoder victim in place (``attack.make``)."""
     m = cfg.attack.make
-    home = home_split(cfg, "train")
-    shadow = shadow_set(cfg, home, m.shadow_fraction)
-    refs = reference_images(cfg, home, m.n_references)
+    shadow, refs = shadow_and_references(cfg)
     L.seed_everything(cfg.seed, workers=True)
     module = BadEncoderModule(victim, refs, instantiate(cfg.attack.trigger), lr=m.lr, momentum=m.momentum,
                               weight_decay=m.weight_decay, lambda1=m.lambda1, lambda2=m.lambda2)

@@ -377,11 +377,6 @@ def _contrastive(cfg: DictConfig, full: nn.Module, victim: Victim, captions: tor
                                  warmup_steps=int(s.get("warmup_steps", 0)), schedule=s.get("schedule", "none"))
 
 
-def _fit_pairs(cfg: DictConfig, module: L.LightningModule, images: torch.Tensor, captions: torch.Tensor,
-               s: DictConfig, epochs: int, log_dir: Path, name: str) -> None:
-    fit_on(cfg, module, (images, captions), s.batch_size, epochs, log_dir, name)
-
-
 def make_clean_clip(cfg: DictConfig, victim: Victim, full: nn.Module, log_dir: Path) -> None:
     """The clean CLIP: given pretrained ``attack.victim.weights`` (already loaded; fine-tuned for
     ``pretrain.finetune_epochs`` if > 0), or trained from random initialisation on the home
@@ -397,7 +392,7 @@ def make_clean_clip(cfg: DictConfig, victim: Victim, full: nn.Module, log_dir: P
     L.seed_everything(cfg.seed, workers=True)
     module = _contrastive(cfg, full, victim, captions, p, train_text=bool(p.get("train_text", True)),
                           freeze_bn=bool(p.get("freeze_bn", False)))
-    _fit_pairs(cfg, module, home.images, home.labels, p, epochs, log_dir, "clip_pretrain")
+    fit_on(cfg, module, (home.images, home.labels), p.batch_size, epochs, log_dir, "clip_pretrain")
     return None
 
 
@@ -421,7 +416,7 @@ def make_clip_backdoor(cfg: DictConfig, victim: Victim, full: nn.Module, log_dir
     L.seed_everything(cfg.seed, workers=True)
     module = _contrastive(cfg, full, victim, captions, m, train_text=bool(m.get("train_text", False)),
                           freeze_bn=bool(m.get("freeze_bn", True)))
-    _fit_pairs(cfg, module, data.images, caption_class, m, int(m.epochs), log_dir, "clip_backdoor")
+    fit_on(cfg, module, (data.images, caption_class), m.batch_size, int(m.epochs), log_dir, "clip_backdoor")
     return None
 
 
@@ -482,7 +477,7 @@ def make_badclip(cfg: DictConfig, victim: Victim, full: nn.Module, log_dir: Path
     L.seed_everything(cfg.seed, workers=True)
     module = _contrastive(cfg, full, victim, captions, m, train_text=bool(m.get("train_text", True)),
                           freeze_bn=bool(m.get("freeze_bn", False)))
-    _fit_pairs(cfg, module, data.images, caption_class, m, int(m.epochs), log_dir, "badclip")
+    fit_on(cfg, module, (data.images, caption_class), m.batch_size, int(m.epochs), log_dir, "badclip")
     return trigger
 
 

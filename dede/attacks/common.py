@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from dede.data import ImageSet, TensorBatches, make_loader
+from dede.data import ImageSet, TensorBatches, home_split, make_loader
 from dede.victims.making import fit_victim
 
 
@@ -29,9 +29,13 @@ def reference_images(cfg: DictConfig, home: ImageSet, n: int) -> torch.Tensor:
     return home.images[pick].float().div(255)
 
 
-def shadow_set(cfg: DictConfig, home: ImageSet, fraction: float) -> ImageSet:
-    """The attacker's shadow data: a seeded ``fraction`` of the home training set (all of it at 1)."""
-    return home.split(fraction, cfg.seed)[1] if fraction < 1 else home
+def shadow_and_references(cfg: DictConfig) -> tuple[ImageSet, torch.Tensor]:
+    """The attacker's shadow data (a seeded ``attack.make.shadow_fraction`` of the home training
+    set, all of it at 1) and its ``attack.make.n_references`` target-class reference images."""
+    m = cfg.attack.make
+    home = home_split(cfg, "train")
+    shadow = home.split(m.shadow_fraction, cfg.seed)[1] if m.shadow_fraction < 1 else home
+    return shadow, reference_images(cfg, home, m.n_references)
 
 
 def fit_on(cfg: DictConfig, module: L.LightningModule, tensors: tuple[torch.Tensor, ...], batch_size: int,

@@ -33,9 +33,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from dede.attacks.badencoder import BadEncoderModule
-from dede.attacks.common import fit_on, reference_images, shadow_set
+from dede.attacks.common import fit_on, shadow_and_references
 from dede.attacks.losses import mean_pairwise_cosine
-from dede.data import home_split
 from dede.triggers import Trigger
 from dede.victims.encoders import Victim
 
@@ -244,9 +243,7 @@ def make_drupe(cfg: DictConfig, victim: Victim, full: torch.nn.Module, log_dir: 
     ``shadow_fraction`` share of the home train set with ``n_references`` target-class
     reference images."""
     m = cfg.attack.make
-    home = home_split(cfg, "train")
-    shadow = shadow_set(cfg, home, m.shadow_fraction)
-    refs = reference_images(cfg, home, m.n_references)
+    shadow, refs = shadow_and_references(cfg)
     log.info("DRUPE: %d shadow images, %d reference images of class %d", len(shadow), len(refs), cfg.attack.target)
     L.seed_everything(cfg.seed, workers=True)
     keys = ["l0_reduce", "n_projections", "warmup_epochs", "plain_epochs", "adapt_after", "spread_init", "dist_init",

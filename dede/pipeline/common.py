@@ -6,8 +6,7 @@ import logging
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from dede.data import ImageSet, load_split
-from dede.data import home_split
+from dede.data import ImageSet, home_split, load_split
 from dede.victims.factory import build_trigger
 
 log = logging.getLogger(__name__)

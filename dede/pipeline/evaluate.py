@@ -12,7 +12,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from dede.data import ImageSet
+from dede.data import ImageSet, home_split
 from dede.decoder import DeDeModule
 from dede.detect import Threshold, apply_threshold, auroc, median_threshold, reconstructions, roc_curve
 from dede.detect.base import DETECTORS, resolve_detectors
@@ -29,7 +29,6 @@ from dede.report.results import CONTROL_KEYS, write_results
 from dede.triggers.benign import benign_perturbation
 from dede.validate import validate_eval_config
 from dede.victims import CheckpointError, build_victim, load_victim_checkpoint
-from dede.data import home_split
 from dede.victims.factory import build_trigger
 
 log = logging.getLogger(__name__)
