@@ -7,7 +7,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from dede.data.datasets import KNOWN, NUM_CLASSES
+from dede.data.datasets import KNOWN, NUM_CLASSES, check_version
 
 
 class ConfigError(ValueError):
@@ -45,6 +45,10 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise ConfigError(f"data.name={d.name!r} is not a known data set; known: {KNOWN}")
     if d.home.name not in KNOWN:
         raise ConfigError(f"data.home.name={d.home.name!r} is not a known data set; known: {KNOWN}")
+    try:
+        check_version(d.home.name, d.home.get("version"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if cfg.scale not in ("tiny", "paper"):
         raise ConfigError(f"scale={cfg.scale!r}: use 'tiny' or 'paper'")
     _unit_interval("decoder.mask_ratio", dec.mask_ratio, closed_right=False)

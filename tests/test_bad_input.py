@@ -19,9 +19,11 @@ from tests.helpers import compose_train, run_entry
     ("attack.checkpoint=/nonexistent/model.pth", "attack.checkpoint=/nonexistent/model.pth does not exist"),
     ("decoder.mask_schedule=cosine", "mask_schedule"),
     ("scale=huge", "scale='huge'"),
+    ("data=synthetic_hard data.home.version=1", "data.home.version=1 for data set 'synthetic_hard', but this code "
+                                                 "generates version 2"),
 ])
 def test_bad_values_fail_validation(override, match):
-    cfg = compose_train([override])
+    cfg = compose_train(override.split())
     with pytest.raises(ConfigError, match=match):
         validate_train_config(cfg)
 

@@ -262,3 +262,20 @@ def test_two_runs_needing_one_victim_make_it_once(tmp_path):
     paths = {json.loads((tmp_path / f"run{i}" / "victim.json").read_text())["path"] for i in (0, 1)}
     (entry,) = (cache / "victims").glob("clean-*.pt")
     assert paths == {str(entry.resolve())}
+
+
+def test_cache_keys_hash_what_made_the_victim():
+    """The demo's keys stay what they were; precision and the data generator's version are part
+    of the key (a bf16 victim or one made from older images is another victim)."""
+    from dede.victims.factory import victim_keys
+    from tests.helpers import compose_train
+
+    def keys(*overrides):
+        return tuple(config_hash(k) for k in victim_keys(compose_train(["experiment=demo", "seed=21", *overrides])))
+
+    base = keys()
+    assert base == ("70b33066d02d055a", "7439e3b0a555d2b2")  # victims cached by earlier versions stay valid
+    assert keys("trainer.precision=bf16-mixed")[0] != base[0]
+    assert keys("data.root=/elsewhere", "data.download=true") == base  # where the files are is not the data
+    clean_hard, _ = victim_keys(compose_train(["experiment=demo", "data=synthetic_hard"]))
+    assert clean_hard["home"]["version"] == 2

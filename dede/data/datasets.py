@@ -17,11 +17,23 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from dede.data.synthetic import N_CLASSES as SYNTHETIC_CLASSES, make_synthetic
-from dede.data.synthetic_hard import make_synthetic_hard
+from dede.data.synthetic_hard import VERSION as SYNTHETIC_HARD_VERSION, make_synthetic_hard
 from dede.triggers import Trigger, apply_to_uint8
 
 # made from n and seed; the others are read from disk and subsampled
 GENERATED = {"synthetic": make_synthetic, "synthetic_hard": make_synthetic_hard}
+# generators whose images changed since their first release: the version this code makes
+VERSIONS = {"synthetic_hard": SYNTHETIC_HARD_VERSION}
+
+
+def check_version(name: str, version) -> None:
+    """A ``data.home.version`` other than the one this code generates is an error (a config
+    written for older images would silently get new ones)."""
+    have = VERSIONS.get(name)
+    if version is not None and int(version) != (have or 1):
+        raise ValueError(f"data.home.version={version} for data set '{name}', but this code generates version "
+                         f"{have or 1} of it; set data.home.version={have or 1} (victims of other versions are not "
+                         f"reused)")
 
 
 def salted_generator(seed: int, purpose: str) -> torch.Generator:

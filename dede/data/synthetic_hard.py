@@ -27,6 +27,9 @@ import torch.nn.functional as F
 
 from dede.data.synthetic import pixel_grid, random_layout, shape_layer, to_uint8, uniform
 
+# bumped whenever the images change; conf/data/synthetic_hard.yaml names it in data.home.version,
+# so victims cached from an older version are not reused (the cache key hashes data.home)
+VERSION = 2
 BRIGHT_SHARE = 0.3  # share of the images with a solid bright square
 OCCLUDER_SHARE = 0.3  # chance of each of the two random-colour rectangles
 GAP = 0.6  # light colours have every channel >= GAP, dark ones <= 1 - GAP

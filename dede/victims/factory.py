@@ -81,6 +81,23 @@ def _cached(cache: Path, kind: str, key_obj: dict, fmt: str, victim: Victim, ful
     return str(path), True, str(trigger_path) if made_trigger is not None else None
 
 
+def victim_keys(cfg: DictConfig) -> tuple[dict, dict]:
+    """What the cache keys of the clean victim and of the attacked one hash: every setting that
+    made them (architecture, pretraining, home data, seed, precision; then the attack's)."""
+    a = cfg.attack
+    # where the files live and whether to download them do not change the data
+    home = {k: _plain(cfg.data.home[k]) for k in cfg.data.home if k not in ("root", "download")}
+    home["image_size"] = cfg.data.image_size
+    pretrain_key = {k: v for k, v in _plain(a.pretrain).items() if k != "maker"}  # the function is not a setting
+    clean_key = {"victim": _plain(a.victim), "pretrain": pretrain_key, "home": home, "seed": cfg.seed}
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    if precision not in ("32-true", "32"):  # (full-precision victims keep the keys they had before this entry)
+        clean_key["precision"] = precision  # a victim made in 16/bf16 autocast is another victim
+    attack_key = clean_key | {"attack": a.name, "make": _plain(a.make), "trigger": _plain(a.trigger),
+                              "target": a.target, "reference_file": a.get("reference_file")}
+    return clean_key, attack_key
+
+
 def obtain_victim(cfg: DictConfig, log_dir: str | Path) -> VictimInfo:
     a = cfg.attack
     victim, full = build_victim(**_plain(a.victim))
@@ -96,10 +113,7 @@ def obtain_victim(cfg: DictConfig, log_dir: str | Path) -> VictimInfo:
     cache.mkdir(parents=True, exist_ok=True)
     log_dir = Path(log_dir)
     lock_timeout = float(cfg.get("victim_lock_timeout", -1))
-    home = _plain(cfg.data.home) | {"image_size": cfg.data.image_size}
-    home.pop("root", None), home.pop("download", None)
-    pretrain_key = {k: v for k, v in _plain(a.pretrain).items() if k != "maker"}  # the function is not a setting
-    clean_key = {"victim": _plain(a.victim), "pretrain": pretrain_key, "home": home, "seed": cfg.seed}
+    clean_key, attack_key = victim_keys(cfg)
     made = False
     if from_clean:
         path, made, _ = _cached(cache, "clean", clean_key, fmt, victim, full,
@@ -107,8 +121,6 @@ def obtain_victim(cfg: DictConfig, log_dir: str | Path) -> VictimInfo:
         if make_attack is None:
             victim.eval()
             return VictimInfo(victim, full, path, fmt, made)
-    attack_key = clean_key | {"attack": a.name, "make": _plain(a.make), "trigger": _plain(a.trigger),
-                              "target": a.target, "reference_file": a.get("reference_file")}
     path, made2, trigger_file = _cached(cache, a.name, attack_key, fmt, victim, full,
                                         lambda: make_attack(cfg, victim, full, log_dir), lock_timeout)
     victim.eval()
