@@ -80,6 +80,9 @@ def validate_train_config(cfg: DictConfig) -> None:
                     _whole(f"attack.{group}.{key}", node[key])
     _check_trigger(cfg)
     _check_accelerator(cfg.trainer)
+    _check_precision("trainer.precision", cfg.trainer.get("precision", "32-true"))
+    if dec.get("precision") is not None:
+        _check_precision("decoder.precision", dec.precision)
     timeout = cfg.get("victim_lock_timeout", -1)
     if not _is_number(timeout) or (timeout < 0 and timeout != -1):
         raise ConfigError(f"victim_lock_timeout={timeout} must be a number of seconds >= 0, or -1 to wait as long "
@@ -109,6 +112,17 @@ def _check_trigger(cfg: DictConfig) -> None:
         trigger.check_size(size)
     except ValueError as exc:
         raise ConfigError(f"attack.trigger does not fit the {size}x{size} images (data.image_size): {exc}") from exc
+
+
+def _check_precision(key: str, value) -> None:
+    """A precision Lightning knows (its own list), named before any victim is made."""
+    from typing import get_args
+
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+
+    known = [*get_args(_PRECISION_INPUT_STR), *get_args(_PRECISION_INPUT_STR_ALIAS)]
+    if str(value) not in known:
+        raise ConfigError(f"{key}={value} is not a precision Lightning knows; use one of {known}")
 
 
 def _check_accelerator(trainer: DictConfig) -> None:

@@ -19,6 +19,8 @@ from tests.helpers import compose_train, run_entry
     ("attack.checkpoint=/nonexistent/model.pth", "attack.checkpoint=/nonexistent/model.pth does not exist"),
     ("decoder.mask_schedule=cosine", "mask_schedule"),
     ("scale=huge", "scale='huge'"),
+    ("decoder.precision=bf17", "decoder.precision=bf17 is not a precision Lightning knows"),
+    ("trainer.precision=half", "trainer.precision=half is not a precision"),
     ("data=synthetic_hard data.home.version=1", "data.home.version=1 for data set 'synthetic_hard', but this code "
                                                  "generates version 2"),
 ])

@@ -78,6 +78,15 @@ def test_second_run_reuses_cached_victim_and_resumes(trained, tmp_path, cache_di
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 4
 
 
+def test_decoder_precision_trains_in_bf16_and_keeps_the_fp32_victim(trained, tmp_path, cache_dir):
+    short = TINY + [f"hydra.run.dir={tmp_path / 'bf16'}", "+trainer.limit_train_batches=2",
+                    "+trainer.limit_val_batches=1", "decoder.epochs=1", "decoder.precision=bf16-mixed"]
+    r = run_entry("train.py", short, cache_dir)
+    assert r.returncode == 0, r.output[-3000:]
+    assert "reusing cached badencoder victim" in r.output and "making" not in r.output
+    assert "bfloat16 Automatic Mixed Precision" in r.output
+
+
 def test_decoder_uses_the_victim_embedding(trained):
     """Reconstructions at the test ratio come from the embedding: with the embeddings of other
     images the clean reconstruction error must grow clearly."""

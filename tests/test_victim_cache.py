@@ -265,8 +265,9 @@ def test_two_runs_needing_one_victim_make_it_once(tmp_path):
 
 
 def test_cache_keys_hash_what_made_the_victim():
-    """The demo's keys stay what they were; precision and the data generator's version are part
-    of the key (a bf16 victim or one made from older images is another victim)."""
+    """The demo's keys are pinned (a change to them re-makes every cached victim, so it must be
+    deliberate); precision and the data generator's version are part of the key (a bf16 victim
+    or one made from older images is another victim)."""
     from dede.victims.factory import victim_keys
     from tests.helpers import compose_train
 
@@ -274,8 +275,44 @@ def test_cache_keys_hash_what_made_the_victim():
         return tuple(config_hash(k) for k in victim_keys(compose_train(["experiment=demo", "seed=21", *overrides])))
 
     base = keys()
-    assert base == ("70b33066d02d055a", "7439e3b0a555d2b2")  # victims cached by earlier versions stay valid
+    assert base == ("70b33066d02d055a", "38819f78dd60e1c5")
     assert keys("trainer.precision=bf16-mixed")[0] != base[0]
     assert keys("data.root=/elsewhere", "data.download=true") == base  # where the files are is not the data
     clean_hard, _ = victim_keys(compose_train(["experiment=demo", "data=synthetic_hard"]))
     assert clean_hard["home"]["version"] == 2
+
+
+def test_central_references_are_the_target_images_nearest_the_class_mean():
+    from dede.attacks.common import reference_images
+    from dede.data import home_split
+    from dede.victims import build_victim
+    from tests.helpers import compose_train
+
+    cfg = compose_train(["experiment=demo", "seed=21", "data.root=unused", "attack.make.n_references=3",
+                         "attack.make.reference_pick=central"])
+    home = home_split(cfg, "train")
+    torch.manual_seed(0)
+    victim, _ = build_victim(**OmegaConf.to_container(cfg.attack.victim, resolve=True))
+    victim.eval()
+    refs = reference_images(cfg, home, 3, victim)
+    is_target = home.labels == cfg.attack.target
+    # the picks are target-class images among the closest to the class mean, centred on all images
+    emb = victim.embed(home.images.float().div(255))
+    centred = torch.nn.functional.normalize(emb - emb.mean(0), dim=1)
+    centre = torch.nn.functional.normalize(centred[is_target].mean(0), dim=0)
+    sim = centred[is_target] @ centre
+    picked = [int(((home.images[is_target].float().div(255) - r).abs().flatten(1).sum(1) == 0).nonzero()[0]) for r in refs]
+    assert set(picked) <= set(sim.topk(6).indices.tolist())
+    with pytest.raises(ValueError, match="needs the clean encoder"):
+        reference_images(cfg, home, 3)
+    random_refs = reference_images(compose_train(["experiment=demo", "seed=21", "attack.make.n_references=3"]), home,
+                                   3)
+    assert not torch.equal(random_refs, refs)
+
+
+def test_a_clean_victim_has_no_attack_key():
+    from dede.victims.factory import victim_keys
+    from tests.helpers import compose_train
+
+    clean, attack = victim_keys(compose_train(["experiment=demo", "seed=21", "attack=clean"]))
+    assert attack is None and config_hash(clean) == "70b33066d02d055a"  # the same clean victim BadEncoder starts from

@@ -109,7 +109,7 @@ def make_adaptive_dede(cfg: DictConfig, victim: Victim, full: torch.nn.Module, l
     """Turn the (cached) clean victim into an adaptive (DeDe-aware) BadEncoder victim in place:
     ``surrogate_warmup_epochs`` of surrogate training, then ``epochs`` of the attack."""
     m = cfg.attack.make
-    shadow, refs = shadow_and_references(cfg)
+    shadow, refs = shadow_and_references(cfg, victim)
     L.seed_everything(cfg.seed, workers=True)
     module = AdaptiveDeDeModule(
         victim, refs, instantiate(cfg.attack.trigger), OmegaConf.to_container(m.surrogate, resolve=True),

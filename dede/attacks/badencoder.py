@@ -87,7 +87,7 @@ class BadEncoderModule(L.LightningModule):
 def make_badencoder(cfg: DictConfig, victim: Victim, full: nn.Module, log_dir: Path) -> None:
     """Turn the (cached) clean victim into a BadEncoder victim in place (``attack.make``)."""
     m = cfg.attack.make
-    shadow, refs = shadow_and_references(cfg)
+    shadow, refs = shadow_and_references(cfg, victim)
     L.seed_everything(cfg.seed, workers=True)
     module = BadEncoderModule(victim, refs, instantiate(cfg.attack.trigger), lr=m.lr, momentum=m.momentum,
                               weight_decay=m.weight_decay, lambda1=m.lambda1, lambda2=m.lambda2)

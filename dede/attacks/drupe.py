@@ -243,7 +243,7 @@ def make_drupe(cfg: DictConfig, victim: Victim, full: torch.nn.Module, log_dir: 
     ``shadow_fraction`` share of the home train set with ``n_references`` target-class
     reference images."""
     m = cfg.attack.make
-    shadow, refs = shadow_and_references(cfg)
+    shadow, refs = shadow_and_references(cfg, victim)
     log.info("DRUPE: %d shadow images, %d reference images of class %d", len(shadow), len(refs), cfg.attack.target)
     L.seed_everything(cfg.seed, workers=True)
     keys = ["l0_reduce", "n_projections", "warmup_epochs", "plain_epochs", "adapt_after", "spread_init", "dist_init",

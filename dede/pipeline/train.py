@@ -62,8 +62,10 @@ def run_train(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     module = build_module(cfg, victim.embed_dim).attach_victim(victim)
     loggers = instantiate_list(cfg.get("logger"))
+    precision = cfg.decoder.get("precision")  # the decoder's own precision, else the trainer's
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False,
-                                     callbacks=instantiate_list(cfg.get("callbacks")))
+                                     callbacks=instantiate_list(cfg.get("callbacks")),
+                                     **({"precision": precision} if precision is not None else {}))
     for lg in loggers:
         lg.log_hyperparams(dict(attack=cfg.attack.name, data=cfg.data.name, scale=cfg.scale,
                                 mask_ratio=cfg.decoder.mask_ratio, patch_size=cfg.decoder.patch_size))

@@ -81,7 +81,7 @@ def _cached(cache: Path, kind: str, key_obj: dict, fmt: str, victim: Victim, ful
     return str(path), True, str(trigger_path) if made_trigger is not None else None
 
 
-def victim_keys(cfg: DictConfig) -> tuple[dict, dict]:
+def victim_keys(cfg: DictConfig) -> tuple[dict, dict | None]:
     """What the cache keys of the clean victim and of the attacked one hash: every setting that
     made them (architecture, pretraining, home data, seed, precision; then the attack's)."""
     a = cfg.attack
@@ -93,6 +93,8 @@ def victim_keys(cfg: DictConfig) -> tuple[dict, dict]:
     precision = str(cfg.trainer.get("precision", "32-true"))
     if precision not in ("32-true", "32"):  # (full-precision victims keep the keys they had before this entry)
         clean_key["precision"] = precision  # a victim made in 16/bf16 autocast is another victim
+    if a.get("maker") is None:  # a clean victim: nothing is attacked
+        return clean_key, None
     attack_key = clean_key | {"attack": a.name, "make": _plain(a.make), "trigger": _plain(a.trigger),
                               "target": a.target, "reference_file": a.get("reference_file")}
     return clean_key, attack_key
