@@ -82,3 +82,21 @@ def test_every_sweep_preset_composes(preset):
     assert cfg.attack.name and cfg.data.name
     if preset == "adaptive":
         assert cfg.attack.name == "adaptive_dede" and cfg.eval_after_train
+
+
+@pytest.mark.parametrize("name", ["clean", "badencoder", "drupe", "adaptive_dede", "ctrl"])
+def test_the_hard_demo_lengthens_every_tiny_attack_it_is_used_with(name):
+    """experiment=demo_hard: synthetic_hard, 30 SimCLR epochs (clean victims and CTRL's), the
+    attacks on the clean victim 10 epochs at lr 0.01; the victims are valid configs."""
+    from dede.validate import validate_train_config
+
+    cfg = compose_train(["experiment=demo_hard", f"attack={name}"])
+    validate_train_config(cfg)
+    a = cfg.attack
+    assert cfg.data.home.name == "synthetic_hard" and cfg.data.home.version == 2
+    if name == "ctrl":
+        assert a.make.epochs == 30
+    else:
+        assert a.pretrain.epochs == 30
+    if name in ("badencoder", "drupe", "adaptive_dede"):
+        assert a.make.epochs == 10 and a.make.lr == 0.01
