@@ -90,16 +90,19 @@ class DeDeTransplant(_RegionDetector):
     Hosts: ``n_hosts`` images drawn (seeded) from the held-out auxiliary images whose DeDe
     score is at most the median, so that a poisoned auxiliary image is unlikely to be one.
     ``score="agree"`` (default) or ``"original"`` (mean cosine of the composites with the
-    image's own embedding)."""
+    image's own embedding), or ``"contrast"``: the agreement of the composites minus that of
+    composites carrying the region with its colours inverted (``1 - x``), which is as
+    conspicuous to any encoder but is not the trigger, so what a salient patch adds to the
+    agreement of a clean encoder's composites should cancel."""
 
     def __init__(self, region_fraction: float = 0.14, n_hosts: int = 8, score: str = "agree") -> None:
         super().__init__(region_fraction)
         if n_hosts < 2:
             raise ValueError(f"n_hosts={n_hosts} must be >= 2")
-        if score not in ("agree", "original"):
-            raise ValueError(f"score={score!r}: use 'agree' or 'original'")
+        if score not in ("agree", "original", "contrast"):
+            raise ValueError(f"score={score!r}: use 'agree', 'original' or 'contrast'")
         self.n_hosts, self.mode = int(n_hosts), score
-        self.copies = self.n_hosts
+        self.copies = self.n_hosts * (2 if score == "contrast" else 1)
 
     def fit(self, ctx: EvalContext) -> "DeDeTransplant":
         super().fit(ctx)
@@ -114,14 +117,33 @@ class DeDeTransplant(_RegionDetector):
         self.hosts = as_float(cal[pick], ctx.device)
         return self
 
-    def _score_batch(self, x, region, z):
-        b, h = len(x), self.n_hosts
+    def _composites(self, x, region) -> torch.Tensor:
+        """Victim embeddings (B, H, D), normalised, of the hosts carrying ``x``'s region."""
         comp = self.hosts[None] * (1 - region[:, None]) + x[:, None] * region[:, None]  # (B, H, 3, S, S)
-        zc = F.normalize(self.ctx.victim(comp.flatten(0, 1)).float(), dim=1).view(b, h, -1)
-        if self.mode == "original":
-            return (zc * z[:, None]).sum(-1).mean(1)
+        return F.normalize(self.ctx.victim(comp.flatten(0, 1)).float(), dim=1).view(len(x), self.n_hosts, -1)
+
+    def _agreement(self, zc: torch.Tensor) -> torch.Tensor:
+        h = self.n_hosts
         gram = zc @ zc.transpose(1, 2)
         return (gram.sum((1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(1)) / (h * (h - 1))
+
+    def _score_batch(self, x, region, z):
+        zc = self._composites(x, region)
+        if self.mode == "original":
+            return (zc * z[:, None]).sum(-1).mean(1)
+        if self.mode == "contrast":
+            return self._agreement(zc) - self._agreement(self._composites(1 - x, region))
+        return self._agreement(zc)
+
+
+@register_detector("dede_transplant_contrast", needs=("decoder",))
+class DeDeTransplantContrast(DeDeTransplant):
+    """`DeDeTransplant` with ``score="contrast"``: the composites' agreement minus that of
+    composites carrying the colour-inverted region, so that a patch's mere conspicuousness
+    cancels on a clean encoder (see the toy encoders in ``tests/test_transplant.py``)."""
+
+    def __init__(self, region_fraction: float = 0.14, n_hosts: int = 8, score: str = "contrast") -> None:
+        super().__init__(region_fraction, n_hosts, score)
 
 
 @register_detector("dede_ref", needs=("decoder", "reference"))
