@@ -91,9 +91,11 @@ class DeDeTransplant(_RegionDetector):
     score is at most the median, so that a poisoned auxiliary image is unlikely to be one.
     ``score="agree"`` (default) or ``"original"`` (mean cosine of the composites with the
     image's own embedding), or ``"contrast"``: the agreement of the composites minus that of
-    composites carrying the region with its colours inverted (``1 - x``), which is as
-    conspicuous to any encoder but is not the trigger, so what a salient patch adds to the
-    agreement of a clean encoder's composites should cancel."""
+    composites carrying the region with its colours inverted (``1 - x``), meant to cancel what a
+    merely conspicuous patch adds on a clean encoder. It does so where white and black patches
+    move the encoder alike (the toy encoders of ``tests/test_transplant.py``), but not on every
+    clean demo victim: the clean-victim AUROC was 0.545 / 0.627 / 0.968 on seeds 21 / 1 / 2
+    (``"agree"``: 0.674 / 0.499 / 0.564), so it is not the default."""
 
     def __init__(self, region_fraction: float = 0.14, n_hosts: int = 8, score: str = "agree") -> None:
         super().__init__(region_fraction)
@@ -134,16 +136,6 @@ class DeDeTransplant(_RegionDetector):
         if self.mode == "contrast":
             return self._agreement(zc) - self._agreement(self._composites(1 - x, region))
         return self._agreement(zc)
-
-
-@register_detector("dede_transplant_contrast", needs=("decoder",))
-class DeDeTransplantContrast(DeDeTransplant):
-    """`DeDeTransplant` with ``score="contrast"``: the composites' agreement minus that of
-    composites carrying the colour-inverted region, so that a patch's mere conspicuousness
-    cancels on a clean encoder (see the toy encoders in ``tests/test_transplant.py``)."""
-
-    def __init__(self, region_fraction: float = 0.14, n_hosts: int = 8, score: str = "contrast") -> None:
-        super().__init__(region_fraction, n_hosts, score)
 
 
 @register_detector("dede_ref", needs=("decoder", "reference"))
