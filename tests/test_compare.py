@@ -15,7 +15,7 @@ def test_resolve_detectors():
     assert resolve_detectors(None) == ["dede"]
     with pytest.raises(ValueError, match="unknown detector"):
         resolve_detectors(["dede", "oracle"])
-    for name in ["dede", "dede_patch_top", "dede_ablate", "dede_transplant", "dede_ref", "dao", "slof", "knn",
+    for name in ["dede", "dede_patch_top", "dede_ablate", "dede_transplant", "transplant_occlusion", "dede_ref", "dao", "slof", "knn",
                  "mahalanobis", "feature_norm"]:
         assert name in DETECTORS
 

@@ -183,9 +183,9 @@ def test_detector_comparison_with_controls(trained, clean_run, tmp_path, cache_d
     assert r.returncode == 0, r.output[-3000:]
     res = json.loads((out / "results.json").read_text())
     table = res["detectors"]
-    assert set(table) == {"dede", "dede_patch_top", "dede_ablate", "dede_transplant", "dao", "slof", "knn",
-                          "mahalanobis", "feature_norm", "lid", "isolation_forest", "mask_consistency", "teco",
-                          "scale_up", "strip"}
+    assert set(table) == {"dede", "dede_patch_top", "dede_ablate", "dede_transplant", "transplant_occlusion", "dao",
+                          "slof", "knn", "mahalanobis", "feature_norm", "lid", "isolation_forest", "mask_consistency",
+                          "teco", "scale_up", "strip"}
     assert "dede_ref" in res["detectors_skipped"]  # no eval.reference.run given
     for name, row in table.items():
         assert DETECTOR_FIELDS <= set(row), name

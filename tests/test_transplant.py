@@ -70,3 +70,15 @@ def test_contrast_keeps_the_backdoor(triggered):
 def test_unknown_score_mode_is_refused():
     with pytest.raises(ValueError, match="'agree', 'original' or 'contrast'"):
         DeDeTransplant(score="median")
+
+
+def test_occlusion_finds_the_window_that_decides_the_embedding(triggered):
+    """On the backdoored toy encoder, hiding the white square moves the embedding most: the
+    located window covers the square, for every image."""
+    from dede.detect.detectors import occlusion_region
+
+    ctx = SimpleNamespace(victim=backdoored, model=SimpleNamespace(image_size=S), device=torch.device("cpu"))
+    ctx.map_batches = lambda images, fn, copies=1: fn(images)
+    region = occlusion_region(ctx, triggered, fraction=0.25, grid=3)  # 8x8 windows at 0, 4, 8
+    assert region.shape == (5, 1, S, S)
+    assert torch.all(region[:, :, 4:4 + P, 4:4 + P] == 1)

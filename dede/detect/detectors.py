@@ -44,6 +44,26 @@ def suspicious_region(ctx: EvalContext, images: torch.Tensor, fraction: float) -
     return F.interpolate(m.view(-1, 1, side, side), scale_factor=model.patch_size, mode="nearest")
 
 
+def occlusion_region(ctx: EvalContext, images: torch.Tensor, fraction: float, grid: int = 4) -> torch.Tensor:
+    """(N, 1, H, W) float mask of the square window (``fraction`` of the image, on a ``grid`` x
+    ``grid`` of overlapping places) whose filling with the image's mean colour moves the victim
+    embedding furthest (1 - cosine): where the victim looks, found without the decoder."""
+    s = ctx.model.image_size
+    w = max(1, int(round(s * fraction ** 0.5)))
+    starts = torch.linspace(0, s - w, grid).round().long().tolist()
+    masks = torch.zeros(grid * grid, 1, s, s, device=ctx.device)
+    for k, (r, c) in enumerate((r, c) for r in starts for c in starts):
+        masks[k, :, r:r + w, c:c + w] = 1
+
+    def strongest(x: torch.Tensor) -> torch.Tensor:
+        z = F.normalize(ctx.victim(x).float(), dim=1)
+        occluded = x[:, None] * (1 - masks) + x.mean((2, 3), keepdim=True)[:, None] * masks  # (B, K, 3, S, S)
+        zo = F.normalize(ctx.victim(occluded.flatten(0, 1)).float(), dim=1).view(len(x), len(masks), -1)
+        return (1 - (zo * z[:, None]).sum(-1)).argmax(1)
+
+    return masks[ctx.map_batches(images, strongest, len(masks) + 1).long().to(masks.device)]
+
+
 class _RegionDetector(Detector):
     """Shared parts of the detectors that localise DeDe's worst-reconstructed region and then
     probe the victim with it, batch by batch."""
@@ -55,9 +75,13 @@ class _RegionDetector(Detector):
 
     copies = 1  # victim passes per image, so that a batch of them stays about ctx.batch_size
 
+    def locate(self, images: torch.Tensor) -> torch.Tensor:
+        """The region to probe the victim with: DeDe's worst-reconstructed patches."""
+        return suspicious_region(self.ctx, images, self.region_fraction)
+
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> torch.Tensor:
-        region = suspicious_region(self.ctx, images, self.region_fraction)
+        region = self.locate(images)
         z = F.normalize(self.ctx.embed(images), dim=1)
         return self.ctx.map_batches(images, self._score_batch, self.copies, region, z)
 
@@ -136,6 +160,18 @@ class DeDeTransplant(_RegionDetector):
         if self.mode == "contrast":
             return self._agreement(zc) - self._agreement(self._composites(1 - x, region))
         return self._agreement(zc)
+
+
+@register_detector("transplant_occlusion", needs=("decoder",))
+class TransplantOcclusion(DeDeTransplant):
+    """`DeDeTransplant` with the region found by occlusion instead of DeDe's error map: of 16
+    overlapping windows (``region_fraction`` of the image each), the one whose filling with the
+    image's mean colour moves the victim embedding most (16 extra victim passes per image). A
+    trigger that decides the embedding is where the victim looks, also where it is not the worst-
+    reconstructed part of a busy image. (The decoder is used only to pick clean host images.)"""
+
+    def locate(self, images: torch.Tensor) -> torch.Tensor:
+        return occlusion_region(self.ctx, images, self.region_fraction)
 
 
 @register_detector("dede_ref", needs=("decoder", "reference"))
