@@ -31,7 +31,7 @@ demo: install
 demo-control: install
 	$(PY) train.py experiment=demo attack=clean hydra.run.dir=$(DEMO_DIR)/clean
 	$(PY) evaluate.py run=$(DEMO_DIR)/train control_run=$(DEMO_DIR)/clean hydra.run.dir=$(DEMO_DIR)/eval_control \
-		"detectors=[dede,dede_ablate,dede_transplant,mahalanobis,feature_norm,isolation_forest]"
+		"detectors=[dede,dede_ablate,dede_transplant,transplant_occlusion,mahalanobis,feature_norm,isolation_forest]"
 	@$(PY) -m dede.report.show $(DEMO_DIR)/eval_control/results.json
 
 test: install
