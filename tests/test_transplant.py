@@ -77,8 +77,9 @@ def test_occlusion_finds_the_window_that_decides_the_embedding(triggered):
     located window covers the square, for every image."""
     from dede.detect.detectors import occlusion_region
 
-    ctx = SimpleNamespace(victim=backdoored, model=SimpleNamespace(image_size=S), device=torch.device("cpu"))
-    ctx.map_batches = lambda images, fn, copies=1: fn(images)
+    ctx = SimpleNamespace(victim=backdoored, embed=backdoored, model=SimpleNamespace(image_size=S),
+                          device=torch.device("cpu"))
+    ctx.map_batches = lambda images, fn, copies=1, *aligned: fn(images, *aligned)
     region = occlusion_region(ctx, triggered, fraction=0.25, grid=3)  # 8x8 windows at 0, 4, 8
     assert region.shape == (5, 1, S, S)
     assert torch.all(region[:, :, 4:4 + P, 4:4 + P] == 1)

@@ -22,18 +22,17 @@ from dede.triggers import Trigger, apply_to_uint8
 
 # made from n and seed; the others are read from disk and subsampled
 GENERATED = {"synthetic": make_synthetic, "synthetic_hard": make_synthetic_hard}
-# generators whose images changed since their first release: the version this code makes
+# the version of each generator's images this code makes (1 unless they changed since release)
 VERSIONS = {"synthetic_hard": SYNTHETIC_HARD_VERSION}
 
 
 def check_version(name: str, version) -> None:
     """A ``data.home.version`` other than the one this code generates is an error (a config
     written for older images would silently get new ones)."""
-    have = VERSIONS.get(name)
-    if version is not None and int(version) != (have or 1):
+    have = VERSIONS.get(name, 1)
+    if version is not None and int(version) != have:
         raise ValueError(f"data.home.version={version} for data set '{name}', but this code generates version "
-                         f"{have or 1} of it; set data.home.version={have or 1} (victims of other versions are not "
-                         f"reused)")
+                         f"{have} of it; set data.home.version={have} (victims of other versions are not reused)")
 
 
 def salted_generator(seed: int, purpose: str) -> torch.Generator:

@@ -55,13 +55,13 @@ def occlusion_region(ctx: EvalContext, images: torch.Tensor, fraction: float, gr
     for k, (r, c) in enumerate((r, c) for r in starts for c in starts):
         masks[k, :, r:r + w, c:c + w] = 1
 
-    def strongest(x: torch.Tensor) -> torch.Tensor:
-        z = F.normalize(ctx.victim(x).float(), dim=1)
+    def strongest(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         occluded = x[:, None] * (1 - masks) + x.mean((2, 3), keepdim=True)[:, None] * masks  # (B, K, 3, S, S)
         zo = F.normalize(ctx.victim(occluded.flatten(0, 1)).float(), dim=1).view(len(x), len(masks), -1)
-        return (1 - (zo * z[:, None]).sum(-1)).argmax(1)
+        return (1 - (zo * z[:, None].to(zo.device)).sum(-1)).argmax(1)
 
-    return masks[ctx.map_batches(images, strongest, len(masks) + 1).long().to(masks.device)]
+    z = F.normalize(ctx.embed(images), dim=1)  # the context's memo: the images' own embeddings once
+    return masks[ctx.map_batches(images, strongest, len(masks), z).long().to(masks.device)]
 
 
 class _RegionDetector(Detector):
