@@ -8,7 +8,7 @@ EXTRAS = dev,sweeps$(if $(TORCH_EXTRA),$(comma)$(TORCH_EXTRA))
 comma := ,
 DEMO_DIR ?= logs/demo/$(shell date +%Y-%m-%d_%H-%M-%S)
 
-.PHONY: install demo demo-control test test-slow bench clean
+.PHONY: install demo demo-all test test-slow bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -18,21 +18,24 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-## The main job end to end on the embedded data: clean SimCLR victim -> BadEncoder ->
-## DeDe decoder -> evaluation (results table, results.json, results.md, plots in $(DEMO_DIR)).
+## The main job end to end on the embedded data, offline on CPU: a clean SimCLR victim ->
+## BadEncoder -> its DeDe decoder; the clean victim (cached, the one BadEncoder started from) with
+## its own decoder as the control; then the paper's score (dede) and the backdoor-specific
+## transplant test (transplant_occlusion, the main detector) with both controls. Report, plots and
+## scores in $(DEMO_DIR)/eval.
+DEMO_EVAL = eval.n_test=1000 eval.downstream.n_train=3000
 demo: install
 	$(PY) train.py experiment=demo hydra.run.dir=$(DEMO_DIR)/train
-	$(PY) evaluate.py run=$(DEMO_DIR)/train hydra.run.dir=$(DEMO_DIR)/eval
+	$(PY) train.py experiment=demo attack=clean hydra.run.dir=$(DEMO_DIR)/clean
+	$(PY) evaluate.py run=$(DEMO_DIR)/train control_run=$(DEMO_DIR)/clean hydra.run.dir=$(DEMO_DIR)/eval \
+		"detectors=[dede,transplant_occlusion]" eval.main_detector=transplant_occlusion $(DEMO_EVAL)
 	@$(PY) -m dede.report.show $(DEMO_DIR)/eval/results.json
 
-## The demo's clean-victim control: a clean SimCLR victim (the cached one the demo's BadEncoder
-## started from) with its own decoder, then every main detector scored on the demo's images with
-## both controls (DEMO_DIR=<the demo's folder>).
-demo-control: install
-	$(PY) train.py experiment=demo attack=clean hydra.run.dir=$(DEMO_DIR)/clean
-	$(PY) evaluate.py run=$(DEMO_DIR)/train control_run=$(DEMO_DIR)/clean hydra.run.dir=$(DEMO_DIR)/eval_control \
-		"detectors=[dede,dede_ablate,dede_transplant,transplant_occlusion,mahalanobis,feature_norm,isolation_forest]"
-	@$(PY) -m dede.report.show $(DEMO_DIR)/eval_control/results.json
+## Every detector on a finished demo's runs, with both controls (DEMO_DIR=<the demo's folder>).
+demo-all: install
+	$(PY) evaluate.py run=$(DEMO_DIR)/train control_run=$(DEMO_DIR)/clean hydra.run.dir=$(DEMO_DIR)/eval_all \
+		detectors=all eval.main_detector=transplant_occlusion $(DEMO_EVAL)
+	@$(PY) -m dede.report.show $(DEMO_DIR)/eval_all/results.json
 
 test: install
 	$(PY) -m pytest

@@ -69,6 +69,12 @@ def validate_train_config(cfg: DictConfig) -> None:
     if a.checkpoint and not Path(a.checkpoint).is_file():
         raise ConfigError(f"attack.checkpoint={a.checkpoint} does not exist; give the path of a "
                           f"'{a.checkpoint_format}' checkpoint or null to make the victim")
+    if a.victim.arch in ("timm", "torchvision", "open_clip"):
+        if not a.checkpoint:
+            raise ConfigError(f"attack.victim.arch={a.victim.arch} names a model of that library, which is not made "
+                              "here: give its weights as attack.checkpoint=PATH (scan.py: checkpoint=PATH)")
+        if not a.victim.get("model"):
+            raise ConfigError(f"attack.victim.arch={a.victim.arch} needs attack.victim.model=<model name>")
     _check_target(a.target, d.home.name)
     _whole("data.batch_size", d.batch_size)
     _whole("decoder.epochs", dec.epochs)
@@ -151,6 +157,13 @@ def validate_eval_config(e: DictConfig, prefix: str = "eval") -> None:
     rule = e.threshold.get("rule", "quantile")
     if rule not in ("quantile", "mean_std"):
         raise ConfigError(f"{prefix}.threshold.rule={rule!r}: use 'quantile' or 'mean_std'")
+    main = e.get("main_detector", "dede")
+    if main is not None:
+        from dede.detect.base import known_detectors
+
+        if main not in known_detectors():
+            raise ConfigError(f"{prefix}.main_detector={main!r} is not a registered detector; known: "
+                              f"{known_detectors()}")
     control = e.get("control") or {}
     if control.get("enabled", True) and control.get("kind", "auto") not in ("auto", "moved", "colour", "noise",
                                                                               "frequency"):

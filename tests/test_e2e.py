@@ -227,3 +227,85 @@ def test_clean_victim_is_not_flagged(clean_run, tmp_path, cache_dir):
     assert res["attack"] == "clean" and res["asr"] < 0.3  # no backdoor to speak of
     for name, row in res["detectors"].items():
         assert row["flag_rate_clean"] <= 0.15, (name, row["flag_rate_clean"])
+
+
+def test_python_api_scores_with_the_runs_calibrated_threshold(trained):
+    """dede.load_detector: a fitted detector and its threshold, without Hydra."""
+    from dede import load_detector
+
+    run, ev, res = trained
+    det = load_detector(ev, "dede")  # from the evaluation: its settings and its threshold
+    assert det.threshold == pytest.approx(res["detectors"]["dede"]["threshold"])
+    cal = det.ctx.calibration
+    clean = cal.images[:64]
+    trig = cal.subset(torch.arange(64)).triggered(det.ctx.trigger).images
+    s_clean, f_clean = det(clean)
+    s_trig, f_trig = det(trig.float() / 255)  # float [0, 1] images score as their uint8 originals
+    assert s_clean.shape == (64,) and f_clean.dtype == torch.bool
+    assert torch.allclose(s_trig, det(trig)[0], rtol=1e-4, atol=1e-4)
+    assert f_clean.float().mean() <= 0.2 and f_trig.float().mean() >= 0.8
+    # from the train run: fitted and calibrated anew on its held-out auxiliary images, same threshold
+    again = load_detector(run, "dede")
+    assert again.threshold == pytest.approx(det.threshold, rel=1e-4)
+    with pytest.raises(ValueError, match="takes 32x32 images"):
+        det(torch.zeros(2, 3, 16, 16))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        det(torch.full((2, 3, 32, 32), 3.0))
+    with pytest.raises(ValueError, match="unknown detector"):
+        load_detector(run, "no_such_detector")
+
+
+def test_python_api_transplant_occlusion(trained):
+    from dede import load_detector
+
+    run, _, _ = trained
+    det = load_detector(run, "transplant_occlusion", quantile=0.9)
+    cal = det.ctx.calibration
+    idx = torch.nonzero(cal.labels != det.ctx.target)[:24, 0]
+    s_clean, _ = det(cal.images[idx])
+    s_trig, flags = det(cal.subset(idx).triggered(det.ctx.trigger).images)
+    assert float((s_trig[:, None] > s_clean[None]).float().mean()) >= 0.9  # AUROC on these 24 + 24
+    assert flags.float().mean() >= 0.8
+
+
+SCAN_TINY = ["logger=csv", "data.home.n_train=2000", "data.home.n_test=300", "data.batch_size=32", "decoder.epochs=3",
+             "decoder.embed_dim=64", "decoder.depth=2", "decoder.decoder_depth=1", "decoder.num_heads=2",
+             "trainer.enable_progress_bar=false", "eval.downstream.epochs=10", "eval.plots=false"]
+
+
+def test_scan_a_checkpoint_with_its_clean_control(trained, tmp_path, cache_dir):
+    """scan.py: a BadEncoder-format checkpoint and a clean one of the same architecture -> decoders,
+    every detector with both controls, the report; a second scan reuses both decoders."""
+    run, _, _ = trained
+    suspect = json.loads((run / "victim.json").read_text())["path"]
+    clean = next((cache_dir / "victims").glob("clean-*.pt"))
+    args = SCAN_TINY + [f"checkpoint={suspect}", f"control_checkpoint={clean}", f"hydra.run.dir={tmp_path / 's1'}"]
+    r = run_entry("scan.py", args, cache_dir)
+    assert r.returncode == 0, r.output[-3000:]
+    res = json.loads((tmp_path / "s1" / "eval" / "results.json").read_text())
+    assert res["main_detector"] == "transplant_occlusion" and set(res["detectors"]) == {"transplant_occlusion", "dede"}
+    row = res["detectors"]["transplant_occlusion"]
+    assert row["auroc"] >= 0.9 and row["auroc_vs_benign"] >= 0.9 and "auroc_clean_victim" in row
+    assert res["auroc"] == row["auroc"]  # the top level is the main detector's row
+    assert "auroc_clean_victim" in r.output  # the printed table
+    r = run_entry("scan.py", args[:-1] + [f"hydra.run.dir={tmp_path / 's2'}"], cache_dir)
+    assert r.returncode == 0, r.output[-3000:]
+    assert r.output.count("reusing the decoder") == 2 and "training the DeDe decoder" not in r.output
+
+
+def test_scan_a_timm_model_by_name(tmp_path, cache_dir):
+    import timm
+
+    weights = tmp_path / "resnet10t.pth"
+    torch.save(timm.create_model("resnet10t", pretrained=False).state_dict(), weights)
+    args = SCAN_TINY + ["attack=external", "attack.victim.arch=timm", "attack.victim.model=resnet10t",
+                        f"checkpoint={weights}", "decoder.epochs=1", "eval.n_test=100", "detectors=[dede]",
+                        "eval.main_detector=dede", f"hydra.run.dir={tmp_path / 'scan'}"]
+    r = run_entry("scan.py", args, cache_dir)
+    assert r.returncode == 0, r.output[-3000:]
+    res = json.loads((tmp_path / "scan" / "eval" / "results.json").read_text())
+    assert res["attack"] == "external" and 0 <= res["auroc"] <= 1
+    assert "no control_checkpoint" in r.output
+    r = run_entry("scan.py", SCAN_TINY + ["attack=external", "attack.victim.arch=timm", "attack.victim.model=resnet10t",
+                                          f"checkpoint={tmp_path / 'missing.pth'}"], cache_dir)
+    assert r.returncode != 0 and "missing.pth does not exist" in r.output

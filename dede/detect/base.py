@@ -73,18 +73,18 @@ def known_detectors() -> list[str]:
     return list(DETECTORS)
 
 
-def resolve_detectors(names) -> list[str]:
-    """``"all"`` or a list of names -> the list, checked, with ``dede`` first."""
+def resolve_detectors(names, main: str = "dede") -> list[str]:
+    """``"all"`` or a list of names -> the list, checked, with ``main`` (the main detector) first."""
     known = known_detectors()
     if isinstance(names, str):
         names = [names]
     names = list(names or ["dede"])
     if "all" in names:
         names = known
-    unknown = [n for n in names if n not in DETECTORS]
+    unknown = [n for n in names + [main] if n not in DETECTORS]
     if unknown:
         raise ValueError(f"unknown detector(s) {unknown}; known: {known} or 'all'")
-    return ["dede"] + [n for n in dict.fromkeys(names) if n != "dede"]
+    return [main] + [n for n in dict.fromkeys(names) if n != main]
 
 
 def build_detector(name: str, **kwargs) -> Detector:

@@ -170,7 +170,8 @@ def evaluate_run(run: Path, e: DictConfig, out: Path, cfg: DictConfig | None = N
     ``cfg`` (optional) supplies the loggers to send the results to; ``detectors`` names the
     detectors to compare (``"all"``: every registered one); ``control_run`` is the train run of a
     clean victim whose detectors score the same images (the clean-victim control)."""
-    names = resolve_detectors(detectors)
+    main_name = str(e.get("main_detector") or "dede")
+    names = resolve_detectors(detectors, main_name)
     ref = (e.get("reference") or {}).get("run")
     trusted_dir = None if ref == "auto" else _check_run_dir("eval.reference.run", ref)
     names, skipped = usable_detectors(names, detectors, {"decoder": True, "reference": bool(ref),
@@ -204,7 +205,9 @@ def evaluate_run(run: Path, e: DictConfig, out: Path, cfg: DictConfig | None = N
                      ds.train.images if ds is not None else None)
     rows, arrays = compare(names, ctx, sets, rule, float(e.fpr_target), ds.run if ds is not None else None,
                            down.get("asr_benign", float("nan")), control, e.get("detector_args"))
-    res = _main_results(rows["dede"], arrays, rule, tcfg, run, ctx, test, trig, down)
+    if main_name not in rows:
+        raise ValueError(f"eval.main_detector={main_name} was skipped: {skipped.get(main_name)}")
+    res = _main_results(main_name, rows[main_name], arrays, rule, tcfg, run, ctx, test, trig, down)
     res.update({"control": {"benign": benign_info, "clean_victim_run": str(control_dir) if control_dir else None},
                 "detectors": rows, "reference_run": str(trusted_dir) if trusted_dir else None})
     if skipped:
@@ -235,13 +238,15 @@ def pairing_key(tcfg: DictConfig) -> str:
                         "trigger": plain["attack"]["trigger"], "target": plain["attack"]["target"]})
 
 
-def _main_results(row: dict, arrays: dict, rule: ThresholdRule, tcfg, run, ctx, test, trig, down: dict) -> dict:
-    """The top level of results.json: DeDe's (the paper's) row with its controls."""
-    s_clean, s_trig = (torch.from_numpy(arrays[f"dede/{k}"]) for k in ("clean", "triggered"))
+def _main_results(name: str, row: dict, arrays: dict, rule: ThresholdRule, tcfg, run, ctx, test, trig,
+                  down: dict) -> dict:
+    """The top level of results.json: the main detector's row (``eval.main_detector``; the
+    paper's ``dede`` by default) with its controls."""
+    s_clean, s_trig = (torch.from_numpy(arrays[f"{name}/{k}"]) for k in ("clean", "triggered"))
     thr = Threshold(rule.label, row["threshold"], row["flag_rate_triggered"], row["flag_rate_clean"])
     med = apply_threshold("median", median_threshold(s_clean, s_trig), s_clean, s_trig)
     res = {k: row[k] for k in ("auroc", "auprc", "tpr_at_fpr_05")}
-    res.update({"threshold": thr.as_dict(), "other_thresholds": [med.as_dict()],
+    res.update({"main_detector": name, "threshold": thr.as_dict(), "other_thresholds": [med.as_dict()],
                 "n_clean": len(test), "n_triggered": len(trig), "n_calibration": len(ctx.calibration),
                 "calibration_poisoned": int(ctx.calibration.poisoned.sum()),
                 "attack": tcfg.attack.name, "aux_data": tcfg.data.name, "run": str(run),
@@ -322,10 +327,12 @@ def _plots(out, ctx, test, trig, rows, arrays, tcfg, e) -> dict:
     clean_imgs = test.subset(idx).float_images()
     trig_imgs = trig.float_images()[:n]
     model, victim, ratio = ctx.model, ctx.victim, ctx.mask_ratio
-    s_clean, s_trig = (torch.from_numpy(arrays[f"dede/{k}"]) for k in ("clean", "triggered"))
+    main = next(iter(rows))  # the main detector's scores
+    s_clean, s_trig = (torch.from_numpy(arrays[f"{main}/{k}"]) for k in ("clean", "triggered"))
     return {
         "roc": plots.plot_roc(curves, out / "roc.png", title),
-        "histogram": plots.plot_histogram(s_clean, s_trig, rows["dede"]["threshold"], out / "score_hist.png", title),
+        "histogram": plots.plot_histogram(s_clean, s_trig, rows[main]["threshold"], out / "score_hist.png",
+                                          title, xlabel=f"{main} score"),
         "reconstructions": plots.plot_reconstructions({
             "clean": clean_imgs, "clean recon": reconstructions(model, victim, clean_imgs, ratio),
             "triggered": trig_imgs, "trig. recon": reconstructions(model, victim, trig_imgs, ratio)},

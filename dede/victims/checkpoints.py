@@ -8,7 +8,8 @@ when the keys look like another known format, says which one.
 Formats (`FORMATS`) and the victim architectures they load into:
 ``badencoder`` (simclr_resnet), ``ctrl`` (ctrl_resnet), ``supervised``
 (supervised_resnet), ``decree_clip`` (image tower of clip_rn50 / clip_small) and
-``badclip`` (whole clip_rn50 / clip_small). `save_checkpoint` writes the full model's own
+``badclip`` (whole clip_rn50 / clip_small), ``state_dict`` (a timm / torchvision /
+open_clip model by name). `save_checkpoint` writes the full model's own
 keys, which `native_format` names for each arch.
 """
 from __future__ import annotations
@@ -62,6 +63,20 @@ def _decree_clip(state: dict, full_model: nn.Module) -> tuple[dict, nn.Module, s
     return state, target, None
 
 
+def _named_state(state: dict, full_model: nn.Module) -> tuple[dict, nn.Module, str | None]:
+    """A model of timm / torchvision / open_clip: its own keys. The victim has no classification
+    head, so a head the checkpoint still holds is dropped (only keys under the head's name); an
+    open_clip checkpoint may hold the whole CLIP (``visual.*`` and the text tower) or the image
+    tower alone."""
+    head = getattr(full_model, "dede_head_prefix", None)
+    if head:
+        state = {k: v for k, v in state.items() if k != head and not k.startswith(head + ".")}
+    visual = getattr(full_model, "visual", None)
+    if isinstance(visual, nn.Module) and state and not any(k.startswith("visual.") for k in state):
+        return state, visual, None
+    return state, full_model, None
+
+
 def _badclip(state: dict, full_model: nn.Module) -> tuple[dict, nn.Module, str | None]:
     return {k: v for k, v in state.items() if k not in _CLIP_SCALARS}, full_model, None
 
@@ -85,6 +100,11 @@ FORMATS: dict[str, CheckpointFormat] = {
         "whole CLIP model (BadCLIP): {'epoch', 'name', 'state_dict', 'optimizer'} with keys 'visual.*', "
         "'transformer.*', 'token_embedding.weight', 'positional_embedding', 'ln_final.*', 'text_projection', "
         "'logit_scale', optionally prefixed 'module.'", ("clip_rn50", "clip_small"), adapt=_badclip),
+    "state_dict": CheckpointFormat(
+        "a timm / torchvision / open_clip model's own state dict (attack.victim.model names the model), plain or "
+        "in {'state_dict' | 'model' | 'net': ...}, optionally prefixed 'module.'; a classification head is dropped, "
+        "an open_clip file may hold the whole CLIP or its image tower", ("timm", "torchvision", "open_clip"),
+        wrappers=("state_dict", "model", "net"), native=False, adapt=_named_state),
 }
 
 

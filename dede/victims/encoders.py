@@ -230,7 +230,8 @@ class Victim(nn.Module):
 
 RESNET_ARCHS = ("simclr_resnet", "ctrl_resnet", "supervised_resnet")
 CLIP_ARCHS = ("clip_rn50", "clip_small")
-ARCHS = RESNET_ARCHS + CLIP_ARCHS
+NAMED_ARCHS = ("timm", "torchvision", "open_clip")  # a library's model by name (dede.victims.named)
+ARCHS = RESNET_ARCHS + CLIP_ARCHS + NAMED_ARCHS
 
 
 def build_victim(arch: str, mean=None, std=None, image_size: int = 32, width: int | None = None,
@@ -250,6 +251,9 @@ def build_victim(arch: str, mean=None, std=None, image_size: int = 32, width: in
     * ``clip_small``: a small CLIP of the same design; ``width`` (32), ``blocks`` or
       ``layers`` ((1, 1, 1, 1)), ``embed_dim`` (64), ``context_length`` (32), ``text_width``
       (64), ``text_heads`` (2), ``text_layers`` (2), ``weights``, ``quick_gelu``.
+
+    * ``timm``, ``torchvision``, ``open_clip``: a model of that library by name, ``model``
+      (see `dede.victims.named`); ``mean`` / ``std`` as the weights were trained with.
 
     The CLIP victims are the image tower ``full.visual``; other keyword arguments are ignored.
     """
@@ -286,6 +290,15 @@ def _clip(arch):
     return make
 
 
+def _named(family):
+    def make(image_size, width, blocks, **kw):
+        from dede.victims.named import build_named
+
+        return build_named(family, image_size, **kw)
+    return make
+
+
 # victim arch -> builder(image_size, width, blocks, **kw) -> (full model, victim trunk, embedding size)
 ARCH_BUILDERS = {"simclr_resnet": _simclr, "ctrl_resnet": _ctrl, "supervised_resnet": _supervised,
-                 "clip_rn50": _clip("clip_rn50"), "clip_small": _clip("clip_small")}
+                 "clip_rn50": _clip("clip_rn50"), "clip_small": _clip("clip_small"),
+                 **{f: _named(f) for f in NAMED_ARCHS}}
