@@ -74,12 +74,17 @@ def train_or_reuse(cfg: DictConfig, what: str) -> Path:
     validate_train_config(cfg)  # before hashing a large file or training anything
     key = config_hash(decoder_key(cfg, Path(cfg.attack.checkpoint)))
     run = Path(cfg.paths.cache_dir) / "scans" / key
-    done = run / "scan.done"
-    if done.is_file():
+    done, last = run / "scan.done", run / "checkpoints" / "last.ckpt"
+    if done.is_file() and last.is_file():
         log.info("reusing the decoder of the %s encoder: %s", what, run)
         return run
     log.info("training the DeDe decoder of the %s encoder %s into %s", what, cfg.attack.checkpoint, run)
-    run_train(cfg, run)
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run)  # checkpoints and logger files go with the run
+    run_train(cfg, run)  # resumes from run/checkpoints/last.ckpt after an interruption
+    if not last.is_file():
+        raise RuntimeError(f"training the decoder wrote no {last}; see {run}")
     write_text_atomic(done, f"{cfg.attack.checkpoint}\n")
     return run
 

@@ -28,7 +28,7 @@ def show(path: str, all_columns: bool = False) -> None:
     with open(path) as f:
         res = json.load(f)
     main = res.get("main_detector", "dede")
-    console = Console(width=max(120, Console().width))
+    console = Console(width=max(150, Console().width))
     table = Table(title=f"{main} on the {res['attack']} victim (aux: {res.get('aux_data')})")
     for k in MAIN_KEYS:
         table.add_column(k, justify="right")
@@ -48,8 +48,8 @@ def show(path: str, all_columns: bool = False) -> None:
     if rows:
         present = {k for row in rows.values() for k in row}
         cols = [k for k in (DETECTOR_KEYS if all_columns else SPECIFICITY_KEYS) if k in present]
-        t2 = Table(title="detectors: a backdoor-specific one has high auroc and auroc_vs_benign, "
-                         "auroc_clean_victim near 0.5, low asr_defended")
+        t2 = Table(title="detectors (backdoor-specific: high auroc and auroc_vs_benign, auroc_clean_victim "
+                         "near 0.5)")
         t2.add_column("detector")
         for c in cols:
             t2.add_column(c, justify="right")
