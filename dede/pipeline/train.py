@@ -35,10 +35,14 @@ def build_module(cfg: DictConfig, victim_dim: int) -> DeDeModule:
                       mix_prob=float(dec.mix_prob), compile=bool(dec.get("compile", False)))
 
 
-def run_train(cfg: DictConfig) -> dict:
+def run_train(cfg: DictConfig, out: Path | None = None) -> dict:
+    """Obtain the victim and train the decoder into ``out`` (default: the Hydra run directory,
+    else ``paths.output_dir``); returns the final metrics."""
     route_lightning_logs()
     validate_train_config(cfg)
-    out = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.paths.output_dir)
+    if out is None:
+        out = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.paths.output_dir)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     check_data_available(cfg)
     write_text_atomic(out / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
