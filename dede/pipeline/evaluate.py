@@ -29,7 +29,7 @@ from dede.report.results import CONTROL_KEYS, write_results
 from dede.triggers.benign import benign_perturbation
 from dede.validate import validate_eval_config
 from dede.victims import CheckpointError, build_victim, load_victim_checkpoint
-from dede.victims.factory import build_trigger
+from dede.victims.factory import build_trigger, victim_is_clean
 
 log = logging.getLogger(__name__)
 RESOLVED = "resolved_config.yaml"
@@ -225,8 +225,8 @@ def evaluate_run(run: Path, e: DictConfig, out: Path, cfg: DictConfig | None = N
 
 
 def pairing_key(tcfg: DictConfig) -> str:
-    """Runs with the same key score the same test images with the same trigger: a `clean` run
-    with the key of an attack run is that run's clean-victim control in a multirun."""
+    """Runs with the same key score the same test images with the same trigger: a run of a clean
+    victim with the key of an attack run is that run's clean-victim control in a multirun."""
     from dede.victims.factory import config_hash
 
     plain = OmegaConf.to_container(tcfg, resolve=True)
@@ -244,8 +244,8 @@ def _main_results(row: dict, arrays: dict, rule: ThresholdRule, tcfg, run, ctx, 
     res.update({"threshold": thr.as_dict(), "other_thresholds": [med.as_dict()],
                 "n_clean": len(test), "n_triggered": len(trig), "n_calibration": len(ctx.calibration),
                 "calibration_poisoned": int(ctx.calibration.poisoned.sum()),
-                "attack": tcfg.attack.name, "aux_data": tcfg.data.name, "run": str(run),
-                "pairing": pairing_key(tcfg),
+                "attack": tcfg.attack.name, "victim_is_clean": victim_is_clean(tcfg), "aux_data": tcfg.data.name,
+                "run": str(run), "pairing": pairing_key(tcfg),
                 "test_mask_ratio": ctx.mask_ratio, "train_mask_ratio": float(tcfg.decoder.mask_ratio),
                 "patch_size": int(tcfg.decoder.patch_size), "scoring_images_per_second": row["images_per_second"],
                 "score_mean": {"clean": float(s_clean.mean()), "triggered": float(s_trig.mean())}})

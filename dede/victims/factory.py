@@ -21,7 +21,8 @@ from dede.victims.encoders import Victim, build_victim
 from dede.victims.making import interruptible, is_global_zero, maker_lock, work_folder
 from dede.victims.recipe import maker_config, victim_recipes
 
-__all__ = ["VictimInfo", "build_trigger", "config_hash", "make_function", "obtain_victim", "victim_recipes"]
+__all__ = ["VictimInfo", "build_trigger", "config_hash", "make_function", "obtain_victim", "victim_is_clean",
+           "victim_recipes"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,13 @@ def _cached(cache: Path, kind: str, key_obj: dict, fmt: str, victim: Victim, ful
             save_checkpoint(full, path, kind=kind)  # last: the entry exists only once everything is there
             shutil.rmtree(work, ignore_errors=True)
     return str(path), True, str(trigger_path) if made_trigger is not None else None
+
+
+def victim_is_clean(cfg: DictConfig) -> bool:
+    """Whether the run's victim carries no backdoor by construction: made by clean pretraining
+    alone (no ``attack.maker``), not loaded from a checkpoint (whose history we do not know),
+    whatever the attack config is named (``clean``, ``clean_clip``, a user's own)."""
+    return cfg.attack.get("maker") is None and not cfg.attack.get("checkpoint")
 
 
 def obtain_victim(cfg: DictConfig, log_dir: str | Path) -> VictimInfo:
