@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+from dede.pipeline import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -22,8 +22,7 @@ TINY = [
 
 def compose_train(overrides: list[str]):
     os.environ.setdefault("DEDE_ROOT", str(ROOT))
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+    return compose.compose_train(overrides)
 
 
 def run_entry(script: str, overrides: list[str], cache_dir: Path, timeout: int = 900) -> subprocess.CompletedProcess:

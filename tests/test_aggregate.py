@@ -107,3 +107,35 @@ def test_clean_jobs_are_paired_with_attack_jobs_of_the_same_images(tmp_path):
     det = {(r["setting"], r["detector"]): r for r in report["detectors"]}
     assert math.isclose(det[("attack=badencoder", "dede")]["auroc_clean_victim"], 0.785)
     assert "auroc_clean_victim" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_clean_victims_pair_by_what_they_are_not_by_their_name(tmp_path):
+    """A clean CLIP or a user's own clean victim (named anything) is the control; a run whose
+    attack happens to be named `clean` but whose victim was attacked is not."""
+    sweep = tmp_path / "sweep"
+
+    def job(name, attack, clean, auroc, key="k"):
+        r = res(auroc) | {"attack": attack, "victim_is_clean": clean, "pairing": key,
+                          "threshold": {"rule": "q", "value": 1.0, "tpr": auroc / 2, "fpr": 0.05}}
+        make_job(sweep, name, [f"attack={attack}", "seed=1"], r)
+
+    job("0", "clip", False, 0.99, "clip-key")
+    job("1", "my_clean_clip", True, 0.55, "clip-key")
+    job("2", "badencoder", False, 0.98)
+    job("3", "clean", False, 0.90)  # named clean, made by an attack maker: no control
+    job("4", "simclr_seed_control", True, 0.51)
+    jobs = {j["job"]: j["results"] for j in evaluate_multirun(sweep, tmp_path / "out", lambda j, o: None)["jobs"]}
+    assert jobs["0"]["clean_victim_job"] == "1" and jobs["0"]["auroc_clean_victim"] == 0.55
+    assert jobs["2"]["clean_victim_job"] == "4" and jobs["2"]["flag_rate_clean_victim"] == 0.255
+    assert jobs["3"]["clean_victim_job"] == "4"  # it is an attacked victim: it gets the control
+    assert "auroc_clean_victim" not in jobs["1"] and "auroc_clean_victim" not in jobs["4"]
+
+
+def test_victim_is_clean_follows_the_config_not_the_name():
+    from dede.victims.factory import victim_is_clean
+    from tests.helpers import compose_train
+
+    assert victim_is_clean(compose_train(["attack=clean"])) and victim_is_clean(compose_train(["attack=clean_clip"]))
+    assert victim_is_clean(compose_train(["attack=clean", "attack.name=my_control"]))
+    assert not victim_is_clean(compose_train(["attack=badencoder", "attack.name=clean"]))
+    assert not victim_is_clean(compose_train(["attack=clean", "attack.checkpoint=/x/encoder.pth"]))

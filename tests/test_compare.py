@@ -97,3 +97,19 @@ def test_registering_a_name_twice_fails():
         register_detector("dede")(type("Other", (Detector,), {}))
     with pytest.raises(ValueError, match="known needs"):
         register_detector("x", needs=("oracle",))
+
+
+def test_the_built_in_detectors_register_without_an_import_cycle():
+    """The registry (`dede.detect.base`) imports no detector: the package's __init__ imports the
+    built-in ones once, so a fresh process that imports any detection module sees them all
+    (the fresh-interpreter import of every module is the slow test of tests/test_imports.py)."""
+    import ast
+
+    from tests.helpers import ROOT
+
+    base = ast.parse((ROOT / "dede" / "detect" / "base.py").read_text())
+    imported = {n.module for n in ast.walk(base) if isinstance(n, ast.ImportFrom)} | \
+        {a.name for n in ast.walk(base) if isinstance(n, ast.Import) for a in n.names}
+    assert not [m for m in imported if m and m.startswith(("dede.detect.detectors", "dede.detect.literature"))]
+    assert {"dede", "dede_ref", "transplant_occlusion", "knn", "teco", "strip", "isolation_forest",
+            "mask_consistency"} <= set(known_detectors())

@@ -54,3 +54,39 @@ def test_mlp_metrics_and_filtering():
     after = downstream_metrics(train_classifier, x, y, test, test_y, trig, 2, 3, train_keep=torch.ones(len(y), dtype=torch.bool),
                                test_keep=test_keep, trig_keep=trig_keep, **kw)
     assert after == {"clean_accuracy": 1.0, "asr": 0.5}
+
+
+def test_the_downstream_protocol_of_an_evaluation():
+    """`DownstreamProtocol` on the home data of a run: features through the context's embed,
+    CA / ASR before filtering equal those of an unfiltered run (same seeded MLP), the k-NN vote,
+    and a filter that drops every triggered image leaves no attack success."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from dede.data import ImageSet, home_split
+    from dede.downstream import DownstreamProtocol
+    from dede.triggers import PatchTrigger
+    from tests.helpers import compose_train
+
+    tcfg = compose_train(["data.home.n_train=400", "data.home.n_test=200"])
+    e = OmegaConf.merge(tcfg.eval, {"downstream": {"epochs": 5, "knn_k": 20}})
+    test = home_split(tcfg, "test")
+    trig = test.poison(PatchTrigger(size=10, row=21, col=21), 1.0, seed=0)
+    trig = ImageSet(trig.images, test.labels, trig.poisoned, test.name)
+    calls = []
+
+    def embed(images):  # colour means of a 4x4 grid: enough to tell the shapes apart
+        calls.append(len(images))
+        x = images.float().div(255)
+        return torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
+
+    ds = DownstreamProtocol(tcfg, e, SimpleNamespace(embed=embed, target=0), test, trig, None, torch.device("cpu"))
+    assert calls == [400, 200, 200]  # each set embedded once
+    before = ds.before()
+    assert before["clean_accuracy"] > 0.5 and 0 <= before["asr"] <= 1 and "asr_benign" not in before
+    assert 0 < before["clean_accuracy_knn"] <= 1
+    unfiltered = ds.run()
+    assert unfiltered["clean_accuracy"] == before["clean_accuracy"] and unfiltered["asr"] == before["asr"]
+    none_triggered = ds.run(trig_keep=torch.zeros(len(trig), dtype=torch.bool))
+    assert none_triggered["asr"] == 0.0

@@ -8,20 +8,22 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import ExitStack, contextmanager
 
 import lightning as L
 import pytest
 import torch
 from filelock import FileLock
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
+from omegaconf.errors import ConfigAttributeError, ReadonlyConfigError
 from torch import nn
 
 from dede.data import TensorBatches, make_loader
 from dede.optim import sgd_or_adam
 from dede.victims import build_victim, native_format, save_checkpoint
-from dede.victims.factory import _cached, config_hash
+from dede.victims.factory import _cached, config_hash, victim_recipes
 from dede.victims.making import VictimLockTimeout, fit_victim, work_folder
-from tests.helpers import ROOT
+from tests.helpers import CONF_DIR, ROOT
 
 
 class Stop(Exception):
@@ -268,18 +270,17 @@ def test_cache_keys_hash_what_made_the_victim():
     """The demo's keys are pinned (a change to them re-makes every cached victim, so it must be
     deliberate); precision and the data generator's version are part of the key (a bf16 victim
     or one made from older images is another victim)."""
-    from dede.victims.factory import victim_keys
     from tests.helpers import compose_train
 
     def keys(*overrides):
-        return tuple(config_hash(k) for k in victim_keys(compose_train(["experiment=demo", "seed=21", *overrides])))
+        return tuple(config_hash(k) for k in victim_recipes(compose_train(["experiment=demo", "seed=21", *overrides])))
 
     base = keys()
-    assert base == ("70b33066d02d055a", "38819f78dd60e1c5")
+    assert base == ("9d82b224ceee0b83", "01eed63782f4e712")
     assert keys("trainer.precision=bf16-mixed")[0] != base[0]
     assert keys("data.root=/elsewhere", "data.download=true") == base  # where the files are is not the data
-    clean_hard, _ = victim_keys(compose_train(["experiment=demo", "data=synthetic_hard"]))
-    assert clean_hard["home"]["version"] == 2
+    clean_hard, _ = victim_recipes(compose_train(["experiment=demo", "data=synthetic_hard"]))
+    assert clean_hard["data"]["home"]["version"] == 2
 
 
 def test_central_references_are_the_target_images_nearest_the_class_mean():
@@ -311,8 +312,227 @@ def test_central_references_are_the_target_images_nearest_the_class_mean():
 
 
 def test_a_clean_victim_has_no_attack_key():
-    from dede.victims.factory import victim_keys
     from tests.helpers import compose_train
 
-    clean, attack = victim_keys(compose_train(["experiment=demo", "seed=21", "attack=clean"]))
-    assert attack is None and config_hash(clean) == "70b33066d02d055a"  # the same clean victim BadEncoder starts from
+    clean, attack = victim_recipes(compose_train(["experiment=demo", "seed=21", "attack=clean"]))
+    assert attack is None and config_hash(clean) == "9d82b224ceee0b83"  # the same clean victim BadEncoder starts from
+
+
+# --- the recipe: the key hashes exactly what the makers are given ---------------------------
+
+ATTACK_NAMES = sorted(p.stem for p in (CONF_DIR / "attack").glob("*.yaml"))
+
+
+def _leaves(node, path=()):
+    """(path, value) of every leaf of a plain container (empty containers count as leaves)."""
+    if isinstance(node, (dict, list)) and node:
+        for k, v in (node.items() if isinstance(node, dict) else enumerate(node)):
+            yield from _leaves(v, (*path, k))
+    else:
+        yield path, node
+
+
+def _other(value):
+    """A value that differs from ``value``."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value * 2 + 1
+    if isinstance(value, str):
+        return value + "_changed"
+    if value is None:
+        return 7
+    return [7] if isinstance(value, list) else {"x": 7}  # an empty container
+
+
+def _config_path(recipe_path: tuple) -> tuple:
+    """Where a recipe leaf comes from in the run's config."""
+    return ("trainer", "precision") if recipe_path == ("precision",) else recipe_path
+
+
+@contextmanager
+def _changed(cfg, path: tuple, value):
+    """``cfg`` with the setting at ``path`` set to ``value`` inside the block (restored after)."""
+    node = cfg
+    for k in path[:-1]:
+        node = node[k]
+    raw = OmegaConf.to_container(node, resolve=False)
+    with open_dict(node):
+        node[path[-1]] = value
+        try:
+            yield cfg
+        finally:
+            if isinstance(raw, dict) and path[-1] not in raw:
+                del node[path[-1]]
+            else:
+                node[path[-1]] = raw[path[-1]]
+
+
+def _keys(cfg):
+    return tuple(None if r is None else config_hash(r) for r in victim_recipes(cfg))
+
+
+@pytest.mark.parametrize("name", ATTACK_NAMES)
+def test_every_leaf_of_the_recipes_is_in_the_cache_key(name):
+    """Change any setting a maker is given and its victim's key changes; a change to the clean
+    victim's recipe changes the key of the attack made from it too."""
+    from tests.helpers import compose_train
+
+    full = compose_train([f"attack={name}", "trainer.precision=bf16-mixed"])  # so that precision is a leaf too
+    # what the recipes are made of, resolved (changing a resolved leaf is what any override does)
+    cfg = OmegaConf.create({"attack": OmegaConf.to_container(full.attack, resolve=True), "seed": full.seed,
+                            "data": {"home": OmegaConf.to_container(full.data.home, resolve=True),
+                                     "image_size": full.data.image_size},
+                            "trainer": {"precision": full.trainer.precision}})
+    base = _keys(cfg)
+    assert base == _keys(full)
+    clean, attacked = victim_recipes(cfg)
+    from_clean = attacked is None or bool(cfg.attack.from_clean)
+    for which, recipe in ((0, clean), (1, attacked)):
+        if recipe is None:
+            continue
+        leaves = list(_leaves(recipe))
+        assert len(leaves) > 15
+        for path, value in leaves:
+            with _changed(cfg, _config_path(path), _other(value)) as changed:
+                keys = _keys(changed)
+            assert keys[which] != base[which], (name, path)
+            if which == 0 and attacked is not None and from_clean:
+                assert keys[1] != base[1], (name, path)
+
+
+@pytest.mark.parametrize("name", ATTACK_NAMES)
+def test_runtime_only_settings_leave_the_cache_keys_alone(name):
+    """Where files live, how the run is spread over devices, the decoder and the evaluation
+    make no other victim (except decoder settings an attack config copies into its own node,
+    e.g. the adaptive attack's surrogate)."""
+    from tests.helpers import compose_train
+
+    cfg = compose_train([f"attack={name}"])
+    base = _keys(cfg)
+    attack = OmegaConf.to_container(cfg.attack, resolve=True)
+    runtime = [("trainer", "devices"), ("trainer", "accelerator"), ("trainer", "enable_progress_bar"),
+               ("trainer", "max_epochs"), ("data", "home", "root"), ("data", "root"), ("data", "download"),
+               ("data", "num_workers"), ("data", "batch_size"), ("data", "poison_rate"), ("data", "val_fraction"),
+               ("victim_lock_timeout",), ("eval_after_train",), *[("paths", k) for k in cfg.paths],
+               *[("eval", *path) for path, _ in _leaves(OmegaConf.to_container(cfg.eval, resolve=False))]]
+    decoder = [("decoder", *path) for path, _ in _leaves(OmegaConf.to_container(cfg.decoder, resolve=False))]
+    copies_decoder = "${decoder." in OmegaConf.to_yaml(cfg.attack)  # unresolved: the attack's interpolations
+    assert copies_decoder == (name == "adaptive_dede") and len(runtime) > 40 and len(decoder) > 20
+    if copies_decoder:  # one by one: those the attack copies into its own node are its settings now
+        for path in decoder:
+            with _changed(cfg, path, _other(OmegaConf.select(cfg, ".".join(map(str, path))))) as changed:
+                if OmegaConf.to_container(changed.attack, resolve=True) == attack:
+                    assert _keys(changed) == base, (name, path)
+        decoder = []
+    with ExitStack() as stack:  # all at once (each alone is as cheap to check as all, and cannot cancel out)
+        for path in runtime + decoder:
+            value = OmegaConf.select(cfg, ".".join(map(str, path)), throw_on_resolution_failure=False)
+            stack.enter_context(_changed(cfg, path, _other(value)))
+        assert _keys(cfg) == base
+
+
+@pytest.mark.parametrize("name", ["clip", "badclip"])
+def test_clip_captions_are_in_the_clean_clip_key_and_in_the_attacks(name):
+    from tests.helpers import compose_train
+
+    cfg = compose_train([f"attack={name}"])
+    base = _keys(cfg)
+    for key, value in (("templates", ["a photo of a {}."]), ("class_names", list("abcdefghij"))):
+        with _changed(cfg, ("attack", "pretrain", "captions", key), value) as changed:
+            keys = _keys(changed)
+        assert keys[0] != base[0] and keys[1] != base[1], key
+    if name == "clip":
+        assert _keys(compose_train(["attack=clean_clip"])) == (base[0], None)  # the control is the attacks' start
+
+
+def test_the_maker_config_is_the_recipe_plus_runtime_parts():
+    from dede.victims.recipe import maker_config
+    from tests.helpers import compose_train
+
+    cfg = compose_train(["attack=badclip", "paths.output_dir=/tmp/x", "data.num_workers=0"])
+    clean, attacked = victim_recipes(cfg)
+    for recipe in (clean, attacked):
+        mcfg = maker_config(cfg, recipe)
+        assert set(mcfg) == set(recipe) | {"trainer", "paths"}
+        plain = OmegaConf.to_container(mcfg, resolve=True)
+        home = {k: v for k, v in plain["data"]["home"].items() if k not in ("root", "download")}
+        assert plain["attack"] == recipe["attack"] and home == recipe["data"]["home"]
+        assert set(plain["data"]) == {"home", "image_size", "num_workers"}
+        assert plain["paths"]["output_dir"] == "/tmp/x" and plain["trainer"]["default_root_dir"] == "/tmp/x"
+        assert "max_epochs" not in plain["trainer"]
+    assert set(clean["attack"]) == {"victim", "pretrain"}
+    assert {"checkpoint", "checkpoint_format", "presets"}.isdisjoint(attacked["attack"])
+
+
+# makers of toy attacks (tests/test_victim_cache.py as the module the YAMLs name)
+
+def make_reading_the_decoder(cfg, victim, full, log_dir):
+    return cfg.decoder.epochs
+
+
+def make_reading_the_checkpoint(cfg, victim, full, log_dir):
+    return cfg.attack.checkpoint
+
+
+def make_writing_its_config(cfg, victim, full, log_dir):
+    cfg.attack.make.shift = 2.0
+
+
+def pretrain_reading_the_attack(cfg, victim, full, log_dir):
+    return cfg.attack.make.shift
+
+
+def make_shifting(cfg, victim, full, log_dir):
+    with torch.no_grad():
+        for p in full.parameters():
+            p.add_(float(cfg.attack.make.shift))
+
+
+def _toy_attack(tmp_path, maker, pretrain=None, from_clean=False):
+    folder = tmp_path / "conf" / "attack"
+    folder.mkdir(parents=True, exist_ok=True)
+    pre = f"pretrain: {{maker: {{_target_: tests.test_victim_cache.{pretrain}, _partial_: true}}}}\n" if pretrain else ""
+    (folder / f"{maker}.yaml").write_text(
+        f"defaults:\n  - clean\n  - _self_\nname: toy\nfrom_clean: {str(from_clean).lower()}\n"
+        f"maker: {{_target_: tests.test_victim_cache.{maker}, _partial_: true}}\nmake: {{shift: 0.5}}\n{pre}")
+    from tests.helpers import compose_train
+
+    return compose_train([f"hydra.searchpath=[file://{tmp_path / 'conf'}]", f"attack={maker}",
+                          f"paths.cache_dir={tmp_path / 'cache'}", "attack.victim.width=4"])
+
+
+@pytest.mark.parametrize("maker, error", [("make_reading_the_decoder", ConfigAttributeError),
+                                          ("make_reading_the_checkpoint", ConfigAttributeError),
+                                          ("make_writing_its_config", ReadonlyConfigError)])
+def test_a_maker_cannot_read_or_write_outside_its_recipe(tmp_path, maker, error):
+    from dede.victims.factory import obtain_victim
+
+    with pytest.raises(error):
+        obtain_victim(_toy_attack(tmp_path, maker), tmp_path / "log")
+    assert not list((tmp_path / "cache" / "victims").glob("*.pt"))
+
+
+def test_clean_pretraining_cannot_read_the_attack(tmp_path):
+    from dede.victims.factory import obtain_victim
+
+    cfg = _toy_attack(tmp_path, "make_shifting", pretrain="pretrain_reading_the_attack", from_clean=True)
+    with pytest.raises(ConfigAttributeError, match="make"):
+        obtain_victim(cfg, tmp_path / "log")
+
+
+def test_the_real_clean_maker_runs_on_its_recipe_and_the_recipe_is_stored(tmp_path):
+    """The clean SimCLR maker, one tiny epoch, through `obtain_victim`: it needs nothing outside
+    its recipe, and the recipe is written beside the cache entry."""
+    from dede.victims.factory import obtain_victim
+    from tests.helpers import compose_train
+
+    cfg = compose_train(["attack=clean", f"paths.cache_dir={tmp_path / 'cache'}", f"paths.output_dir={tmp_path}",
+                         "data.home.n_train=128", "attack.pretrain.epochs=1", "attack.pretrain.batch_size=64",
+                         "attack.victim.width=4", "trainer.enable_progress_bar=false"])
+    info = obtain_victim(cfg, tmp_path / "log")
+    assert info.made
+    clean, _ = victim_recipes(cfg)
+    entry = tmp_path / "cache" / "victims" / f"clean-{config_hash(clean)}.pt"
+    assert info.path == str(entry)
+    assert json.loads(entry.with_suffix(".json").read_text()) == clean

@@ -91,11 +91,11 @@ def class_names(dataset: str, n_classes: int, override: Sequence[str] | None = N
         names = list(CLASS_NAMES[dataset])
     else:
         log.warning("no class names known for data set '%s': captions use 'class <i>' (set "
-                    "attack.captions.class_names to name the classes)", dataset)
+                    "attack.pretrain.captions.class_names to name the classes)", dataset)
         names = [f"class {i}" for i in range(n_classes)]
     if len(names) < n_classes:
         raise ValueError(f"{len(names)} class names for a data set with {n_classes} classes; set "
-                         "attack.captions.class_names to one name per class")
+                         "attack.pretrain.captions.class_names to one name per class")
     return names
 
 
@@ -359,7 +359,7 @@ class BadCLIPPatchModule(L.LightningModule):
 # --- victim makers (named by the attack configs' `maker`) --------------------------------------
 
 def _captions_for(cfg: DictConfig, full: nn.Module, home: ImageSet) -> torch.Tensor:
-    c = cfg.attack.get("captions") or {}
+    c = cfg.attack.pretrain.get("captions") or {}  # the clean CLIP's captions, which the attacks keep
     if (home.labels < 0).any():
         raise ValueError(f"the home data set '{home.name}' has unlabelled images: CLIP captions need class labels")
     n_classes = int(home.labels.max()) + 1

@@ -19,6 +19,10 @@ and the auxiliary data (``"decoder"``: the run's DeDe decoder; ``"reference"``: 
 encoder and decoder, ``eval.reference.run``; ``"probe"``: the downstream classifier trained on
 the victim's features, ``ctx.probe_logits``); a detector whose needs are not met is skipped
 by ``detectors=all`` and is an error when named.
+
+This module holds the registry only; the built-in detectors (`dede.detect.detectors`,
+`dede.detect.literature`) register themselves into it when the `dede.detect` package is
+imported, and a user module registers its own the same way once it is imported.
 """
 from __future__ import annotations
 
@@ -63,13 +67,9 @@ def register_detector(name: str, needs: tuple[str, ...] = ()) -> Callable[[type[
     return deco
 
 
-def _load_builtin() -> None:
-    import dede.detect.detectors  # noqa: F401  (registers the built-in detectors)
-    import dede.detect.literature  # noqa: F401  (and those from the literature)
-
-
 def known_detectors() -> list[str]:
-    _load_builtin()
+    """Every registered detector: the built-in ones (registered when `dede.detect` is imported,
+    which importing this module does first) and those of user modules imported since."""
     return list(DETECTORS)
 
 
@@ -88,5 +88,6 @@ def resolve_detectors(names, main: str = "dede") -> list[str]:
 
 
 def build_detector(name: str, **kwargs) -> Detector:
-    _load_builtin()
+    if name not in DETECTORS:
+        raise ValueError(f"unknown detector {name!r}; known: {known_detectors()}")
     return DETECTORS[name](**kwargs)

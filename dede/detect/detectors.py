@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dede.detect import outliers
+import dede.detect.outliers as outliers
 from dede.detect.base import Detector, register_detector
 from dede.detect.context import EvalContext, as_float
 

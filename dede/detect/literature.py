@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from dede.detect import outliers
+import dede.detect.outliers as outliers
 from dede.detect.base import Detector, register_detector
 from dede.detect.context import EvalContext, as_float
 from dede.detect.detectors import EmbeddingDetector, _embedding_detector

@@ -19,8 +19,7 @@ from dede.detect.base import DETECTORS, resolve_detectors
 from dede.detect.context import EvalContext
 from dede.detect.harness import ImageSets, ThresholdRule, compare
 from dede.detect.model_level import run_model_checks
-from dede.downstream import downstream_metrics, knn_metrics, train_classifier
-from dede.downstream.classifier import predict
+from dede.downstream import DownstreamProtocol
 from dede.io import write_npz_atomic
 from dede.pipeline.common import aux_split, instantiate_list, route_lightning_logs
 from dede.report import plots
@@ -29,7 +28,7 @@ from dede.report.results import CONTROL_KEYS, write_results
 from dede.triggers.benign import benign_perturbation
 from dede.validate import validate_eval_config
 from dede.victims import CheckpointError, build_victim, load_victim_checkpoint
-from dede.victims.factory import build_trigger
+from dede.victims.factory import build_trigger, victim_is_clean
 
 log = logging.getLogger(__name__)
 RESOLVED = "resolved_config.yaml"
@@ -193,13 +192,13 @@ def evaluate_run(run: Path, e: DictConfig, out: Path, cfg: DictConfig | None = N
     control = load_run(control_dir, e, device, trusted).ctx if control_dir else None
     test, trig, benign, benign_info = test_sets(tcfg, e, ctx.trigger)
 
-    ds = _Downstream(tcfg, e, ctx, test, trig, benign, device) if e.downstream.enabled else None
+    ds = DownstreamProtocol(tcfg, e, ctx, test, trig, benign, device) if e.downstream.enabled else None
     down = ds.before() if ds is not None else {}
     if ds is not None:
         ctx.probe = ds.classifier
         if control is not None and any("probe" in DETECTORS[n].needs for n in names):
             # the clean victim's own probe, trained the same way on its features
-            control.probe = _Downstream(load_run_config(control_dir), e, control, test, trig, None,
+            control.probe = DownstreamProtocol(load_run_config(control_dir), e, control, test, trig, None,
                                         device).fit_classifier()
     sets = ImageSets(test.images, trig.images, None if benign is None else benign.images,
                      ds.train.images if ds is not None else None)
@@ -228,8 +227,8 @@ def evaluate_run(run: Path, e: DictConfig, out: Path, cfg: DictConfig | None = N
 
 
 def pairing_key(tcfg: DictConfig) -> str:
-    """Runs with the same key score the same test images with the same trigger: a `clean` run
-    with the key of an attack run is that run's clean-victim control in a multirun."""
+    """Runs with the same key score the same test images with the same trigger: a run of a clean
+    victim with the key of an attack run is that run's clean-victim control in a multirun."""
     from dede.victims.factory import config_hash
 
     plain = OmegaConf.to_container(tcfg, resolve=True)
@@ -249,8 +248,8 @@ def _main_results(name: str, row: dict, arrays: dict, rule: ThresholdRule, tcfg,
     res.update({"main_detector": name, "threshold": thr.as_dict(), "other_thresholds": [med.as_dict()],
                 "n_clean": len(test), "n_triggered": len(trig), "n_calibration": len(ctx.calibration),
                 "calibration_poisoned": int(ctx.calibration.poisoned.sum()),
-                "attack": tcfg.attack.name, "aux_data": tcfg.data.name, "run": str(run),
-                "pairing": pairing_key(tcfg),
+                "attack": tcfg.attack.name, "victim_is_clean": victim_is_clean(tcfg), "aux_data": tcfg.data.name,
+                "run": str(run), "pairing": pairing_key(tcfg),
                 "test_mask_ratio": ctx.mask_ratio, "train_mask_ratio": float(tcfg.decoder.mask_ratio),
                 "patch_size": int(tcfg.decoder.patch_size), "scoring_images_per_second": row["images_per_second"],
                 "score_mean": {"clean": float(s_clean.mean()), "triggered": float(s_trig.mean())}})
@@ -264,55 +263,6 @@ def _main_results(name: str, row: dict, arrays: dict, rule: ThresholdRule, tcfg,
             res[k] = row[k]
     log.info("detection: %s; threshold %s", {k: res[k] for k in ("auroc", "auprc", "tpr_at_fpr_05")}, thr.as_dict())
     return res
-
-
-class _Downstream:
-    """The downstream protocol on the victim's home data: features computed once, one MLP
-    trained per call (before filtering, and once per detector after filtering)."""
-
-    def __init__(self, tcfg, e, ctx: EvalContext, test, trig, benign, device) -> None:
-        d = e.downstream
-        train = home_split(tcfg, "train")
-        if d.n_train:
-            train = train.subset(torch.arange(min(int(d.n_train), len(train))))
-        self.train = train
-        sets = {"train": train, "test": test, "trig": trig} | ({"benign": benign} if benign is not None else {})
-        # through the context's memo: the embedding detectors reuse these embeddings
-        self.feats = {k: ctx.embed(s.images).cpu() for k, s in sets.items()}
-        target = ctx.target
-        self.n_classes = int(max(train.labels.max(), test.labels.max()) + 1)
-        self.kw = dict(epochs=int(d.epochs), batch_size=int(d.batch_size), lr=float(d.lr), hidden=tuple(d.hidden),
-                       dropout=float(d.dropout), seed=int(e.seed),
-                       accelerator="gpu" if device.type == "cuda" else "cpu")
-        # (train feats, train labels, test feats, test labels, triggered feats, target, classes)
-        self.data = (self.feats["train"], train.labels, self.feats["test"], test.labels, self.feats["trig"], target,
-                     self.n_classes)
-        self.target = target
-        self.knn_kw = dict(k=int(d.knn_k), temperature=float(d.knn_temperature))
-        self.device = device
-
-    def run(self, train_keep=None, test_keep=None, trig_keep=None) -> dict:
-        return downstream_metrics(train_classifier, *self.data, train_keep=train_keep, test_keep=test_keep,
-                                  trig_keep=trig_keep, **self.kw)
-
-    def fit_classifier(self):
-        """The downstream MLP on the unfiltered training features."""
-        return train_classifier(self.feats["train"], self.train.labels, self.n_classes, **self.kw)
-
-    def before(self) -> dict:
-        """CA / ASR without filtering, the ASR of the benign-perturbed images under the same
-        classifier, and the weighted k-NN classifier's CA / ASR."""
-        clf = self.classifier = self.fit_classifier()
-        pred = {k: predict(clf, v) for k, v in self.feats.items() if k != "train"}
-        out = {"clean_accuracy": float((pred["test"] == self.data[3]).double().mean()),
-               "asr": float((pred["trig"] == self.target).double().mean())}
-        if "benign" in pred:
-            out["asr_benign"] = float((pred["benign"] == self.target).double().mean())
-        bank, *rest = self.data
-        knn = knn_metrics(bank.to(self.device), *rest, **self.knn_kw)  # the vote runs where the bank is
-        out.update({"clean_accuracy_knn": knn["clean_accuracy"], "asr_knn": knn["asr"]})
-        log.info("downstream before filtering: %s", out)
-        return out
 
 
 def _plots(out, ctx, test, trig, rows, arrays, tcfg, e) -> dict:

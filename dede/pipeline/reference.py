@@ -1,18 +1,16 @@
 """The trusted reference run of ``dede_ref`` when ``eval.reference.run=auto``: a clean SimCLR
-victim and its DeDe decoder, made by train.py with the suspect run's own data, scale and
+victim and its DeDe decoder, trained in this process with the suspect run's own data, scale and
 decoder settings but another seed and clean auxiliary data (the defender's own model), and
 cached under ``<cache>/references/<key>``."""
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
+from dede.pipeline.compose import compose_train, train_in_process
 from dede.report.aggregate import job_overrides
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parents[2]
 # overrides of the suspect run that say nothing about the reference (its own attack and seed,
 # where its outputs go, whether it evaluates itself)
 DROPPED = ("attack", "seed", "hydra", "eval_after_train", "ckpt_path", "optimized_metric", "experiment")
@@ -36,8 +34,9 @@ def ensure_reference_run(run: Path, seed: int, cache_dir: Path) -> Path:
         return out
     log.info("training the reference run (clean SimCLR victim + DeDe decoder) into %s: train.py %s", out,
              " ".join(args))
-    r = subprocess.run([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={out}"], cwd=ROOT)
-    if r.returncode != 0:
-        raise RuntimeError(f"training the reference run failed (exit {r.returncode}); see {out}/train.log")
+    try:
+        train_in_process(compose_train(args), out)
+    except Exception as e:
+        raise RuntimeError(f"training the reference run (train.py {' '.join(args)}) failed: {e}; see {out}/train.log") from e
     (out / "reference.done").write_text("complete\n")
     return out

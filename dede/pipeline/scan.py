@@ -67,7 +67,7 @@ def _with_checkpoint(cfg: DictConfig, checkpoint: str) -> DictConfig:
 
 def train_or_reuse(cfg: DictConfig, what: str) -> Path:
     """The train run (victim + decoder) of ``cfg``'s checkpoint, trained now unless cached."""
-    from dede.pipeline.train import run_train
+    from dede.pipeline.compose import train_in_process
     from dede.validate import validate_train_config
     from dede.victims.factory import config_hash
 
@@ -79,10 +79,7 @@ def train_or_reuse(cfg: DictConfig, what: str) -> Path:
         log.info("reusing the decoder of the %s encoder: %s", what, run)
         return run
     log.info("training the DeDe decoder of the %s encoder %s into %s", what, cfg.attack.checkpoint, run)
-    cfg = cfg.copy()
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run)  # checkpoints and logger files go with the run
-    run_train(cfg, run)  # resumes from run/checkpoints/last.ckpt after an interruption
+    train_in_process(cfg, run)  # resumes from run/checkpoints/last.ckpt after an interruption
     if not last.is_file():
         raise RuntimeError(f"training the decoder wrote no {last}; see {run}")
     write_text_atomic(done, f"{cfg.attack.checkpoint}\n")

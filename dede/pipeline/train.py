@@ -35,12 +35,13 @@ def build_module(cfg: DictConfig, victim_dim: int) -> DeDeModule:
                       mix_prob=float(dec.mix_prob), compile=bool(dec.get("compile", False)))
 
 
-def run_train(cfg: DictConfig, out: str | Path | None = None) -> dict:
-    """Train the decoder of ``cfg`` into ``out`` (default: the Hydra run directory)."""
+def run_train(cfg: DictConfig, out: Path | None = None) -> dict:
+    """Obtain the victim and train the decoder into ``out`` (default: the Hydra run directory,
+    else ``paths.output_dir``); returns the final metrics."""
     route_lightning_logs()
     validate_train_config(cfg)
     if out is None:
-        out = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else cfg.paths.output_dir
+        out = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.paths.output_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     check_data_available(cfg)

@@ -67,15 +67,24 @@ def _seed_of(job: dict) -> str | None:
     return next((o.split("=", 1)[1] for o in job["overrides"] if o.lstrip("+~").startswith("seed=")), None)
 
 
+def is_clean_victim(results: dict) -> bool:
+    """Whether an evaluated job's victim is a clean one: what evaluation recorded about the victim
+    (``victim_is_clean``: no attack maker, no checkpoint), not the attack's name. Results written
+    before that field existed fall back to the name ``clean``."""
+    if "victim_is_clean" in results:
+        return bool(results["victim_is_clean"])
+    return results.get("attack") == "clean"
+
+
 def pair_clean_victims(jobs: list[dict]) -> None:
-    """Give every attack job without a clean-victim control the numbers of a `clean` job of the
-    same multirun that scored the same images with the same trigger (same ``pairing`` key;
-    the same seed when there is one): its AUROC and triggered flag rate, for the main detector
-    and for every detector both ran."""
-    clean = [j for j in jobs if j.get("results", {}).get("attack") == "clean" and j["results"].get("pairing")]
+    """Give every attack job without a clean-victim control the numbers of a clean-victim job
+    (`is_clean_victim`) of the same multirun that scored the same images with the same trigger
+    (same ``pairing`` key; the same seed when there is one): its AUROC and triggered flag rate,
+    for the main detector and for every detector both ran."""
+    clean = [j for j in jobs if is_clean_victim(j.get("results", {})) and j["results"].get("pairing")]
     for j in jobs:
         r = j.get("results")
-        if not r or r.get("attack") == "clean" or "auroc_clean_victim" in r or not r.get("pairing"):
+        if not r or is_clean_victim(r) or "auroc_clean_victim" in r or not r.get("pairing"):
             continue
         same = [c for c in clean if c["results"]["pairing"] == r["pairing"]]
         match = next((c for c in same if _seed_of(c) == _seed_of(j)), same[0] if same else None)

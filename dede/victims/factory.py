@@ -1,5 +1,6 @@
 """Obtain the victim of a run: load it from a checkpoint, or make it with our own attack
-implementation and cache it under a key that hashes everything that made it."""
+implementation and cache it under the hash of its recipe (`dede.victims.recipe`): the one config
+node its maker is given, so the key holds everything that made it."""
 from __future__ import annotations
 
 import hashlib
@@ -18,6 +19,10 @@ from dede.io import atomic_path, write_text_atomic
 from dede.victims.checkpoints import load_victim_checkpoint, native_format, save_checkpoint
 from dede.victims.encoders import Victim, build_victim
 from dede.victims.making import interruptible, is_global_zero, maker_lock, work_folder
+from dede.victims.recipe import maker_config, victim_recipes
+
+__all__ = ["VictimInfo", "build_trigger", "config_hash", "make_function", "obtain_victim", "victim_is_clean",
+           "victim_recipes"]
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +39,6 @@ class VictimInfo:
 
 def config_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _plain(node) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
 def make_function(node: Any, what: str) -> Callable[..., Any]:
@@ -81,28 +82,16 @@ def _cached(cache: Path, kind: str, key_obj: dict, fmt: str, victim: Victim, ful
     return str(path), True, str(trigger_path) if made_trigger is not None else None
 
 
-def victim_keys(cfg: DictConfig) -> tuple[dict, dict | None]:
-    """What the cache keys of the clean victim and of the attacked one hash: every setting that
-    made them (architecture, pretraining, home data, seed, precision; then the attack's)."""
-    a = cfg.attack
-    # where the files live and whether to download them do not change the data
-    home = {k: _plain(cfg.data.home[k]) for k in cfg.data.home if k not in ("root", "download")}
-    home["image_size"] = cfg.data.image_size
-    pretrain_key = {k: v for k, v in _plain(a.pretrain).items() if k != "maker"}  # the function is not a setting
-    clean_key = {"victim": _plain(a.victim), "pretrain": pretrain_key, "home": home, "seed": cfg.seed}
-    precision = str(cfg.trainer.get("precision", "32-true"))
-    if precision not in ("32-true", "32"):  # (full-precision victims keep the keys they had before this entry)
-        clean_key["precision"] = precision  # a victim made in 16/bf16 autocast is another victim
-    if a.get("maker") is None:  # a clean victim: nothing is attacked
-        return clean_key, None
-    attack_key = clean_key | {"attack": a.name, "make": _plain(a.make), "trigger": _plain(a.trigger),
-                              "target": a.target, "reference_file": a.get("reference_file")}
-    return clean_key, attack_key
+def victim_is_clean(cfg: DictConfig) -> bool:
+    """Whether the run's victim carries no backdoor by construction: made by clean pretraining
+    alone (no ``attack.maker``), not loaded from a checkpoint (whose history we do not know),
+    whatever the attack config is named (``clean``, ``clean_clip``, a user's own)."""
+    return cfg.attack.get("maker") is None and not cfg.attack.get("checkpoint")
 
 
 def obtain_victim(cfg: DictConfig, log_dir: str | Path) -> VictimInfo:
     a = cfg.attack
-    victim, full = build_victim(**_plain(a.victim))
+    victim, full = build_victim(**OmegaConf.to_container(a.victim, resolve=True))
     if a.checkpoint:
         load_victim_checkpoint(a.checkpoint, a.checkpoint_format, full)
         return VictimInfo(victim, full, str(a.checkpoint), a.checkpoint_format, made=False)
@@ -115,16 +104,17 @@ def obtain_victim(cfg: DictConfig, log_dir: str | Path) -> VictimInfo:
     cache.mkdir(parents=True, exist_ok=True)
     log_dir = Path(log_dir)
     lock_timeout = float(cfg.get("victim_lock_timeout", -1))
-    clean_key, attack_key = victim_keys(cfg)
+    clean, attacked = victim_recipes(cfg)
     made = False
     if from_clean:
-        path, made, _ = _cached(cache, "clean", clean_key, fmt, victim, full,
-                                lambda: pretrain(cfg, victim, full, log_dir), lock_timeout)
+        path, made, _ = _cached(cache, "clean", clean, fmt, victim, full,
+                                lambda: pretrain(maker_config(cfg, clean), victim, full, log_dir), lock_timeout)
         if make_attack is None:
             victim.eval()
             return VictimInfo(victim, full, path, fmt, made)
-    path, made2, trigger_file = _cached(cache, a.name, attack_key, fmt, victim, full,
-                                        lambda: make_attack(cfg, victim, full, log_dir), lock_timeout)
+    path, made2, trigger_file = _cached(cache, a.name, attacked, fmt, victim, full,
+                                        lambda: make_attack(maker_config(cfg, attacked), victim, full, log_dir),
+                                        lock_timeout)
     victim.eval()
     return VictimInfo(victim, full, path, fmt, made or made2, trigger_file)
 
