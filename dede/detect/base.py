@@ -66,6 +66,8 @@ def register_detector(name: str, needs: tuple[str, ...] = ()) -> Callable[[type[
 def _load_builtin() -> None:
     import dede.detect.detectors  # noqa: F401  (registers the built-in detectors)
     import dede.detect.literature  # noqa: F401  (and those from the literature)
+    import dede.detect.transplant  # noqa: F401  (the transplant test for any trigger)
+    import dede.detect.cascade  # noqa: F401  (a cheap score gating an expensive one)
 
 
 def known_detectors() -> list[str]:
