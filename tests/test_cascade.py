@@ -112,3 +112,27 @@ def test_bad_settings_are_refused(kwargs, match):
 def test_a_part_whose_needs_are_missing_is_refused_at_fit():
     with pytest.raises(ValueError, match=r"'_toy_needs_probe' needs \['probe'\]"):
         Cascade(cheap="_toy_needs_probe", specific="_toy_specific").fit(ctx())
+
+
+def test_a_memo_hit_is_charged_for_the_memoised_values_it_was_computed_from():
+    """The cascade's cheap part reuses DeDe's errors from the context's memo; their charge must
+    include the victim pass they were computed from, even when that pass was itself memoised
+    (the downstream protocol embeds the test images before any detector runs)."""
+    import time
+
+    from dede.detect.context import EvalContext
+
+    c = EvalContext(victim=None, model=None, mask_ratio=0.99, trigger=None, target=0, reference=None,
+                    calibration=None)
+    x = torch.zeros(2)
+
+    def slow(value, seconds):
+        time.sleep(seconds)
+        return value
+
+    c._memoised("embed", x, lambda: slow(1, 0.05))
+    c.charged_seconds = 0.0
+    c._memoised("errors", x, lambda: slow(c._memoised("embed", x, None) + 1, 0.01))
+    c.charged_seconds = 0.0
+    assert c._memoised("errors", x, None) == 2
+    assert c.charged_seconds >= 0.06
