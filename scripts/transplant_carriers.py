@@ -45,7 +45,8 @@ def evaluate(run: Path, e, sets: dict[str, torch.Tensor] | None, args) -> tuple[
     if sets is None:
         test, trig, benign, _ = test_sets(loaded.cfg, e, ctx.trigger)
         sets = {"clean": test.images, "triggered": trig.images, "benign": benign.images}
-    det = TransplantAny(n_hosts=args.n_hosts, windows=args.windows, sigma=args.sigma, blend_alpha=args.alpha)
+    det = TransplantAny(n_hosts=args.n_hosts, windows=args.windows, sigma=args.sigma, blend_alpha=args.alpha,
+                        highpass_contrast=True)
     det.n_standardise = args.n_standardise
     # hosts as the detector picks them; standardisation per measure below
     super(TransplantAny, det).fit(ctx)
@@ -80,13 +81,19 @@ def main() -> None:
     e.n_test, e.batch_size, e.device = args.n_test, 128, "cpu"
     main_r, sets = evaluate(args.run, e, None, args)
     ctrl_r, _ = evaluate(args.control, e, {"clean": sets["clean"], "triggered": sets["triggered"]}, args)
+    for r in (main_r, ctrl_r):  # a fifth column: the high-pass agreement minus its sign-flipped one
+        for v in r.values():
+            for m in AGREEMENTS:
+                v[m] = torch.cat([v[m], v[m][:, 2:3] - v[m][:, 4:5]], 1)
+    names = list(CARRIERS) + ["flipped", "highpass_contrast"]
     rows = {}
-    combos = [[i] for i in range(len(CARRIERS))] + [list(c) for n in (2, 3, 4)
-                                                    for c in itertools.combinations(range(len(CARRIERS)), n)]
+    combos = [[i] for i in range(len(names))] + [list(c) for n in (2, 3, 4)
+                                                 for c in itertools.combinations(range(len(CARRIERS)), n)]
+    combos += [[0, 1, 5], [0, 1, 5, 3]]
     for measure in AGREEMENTS:
         for c in combos:
             s, cs = standardised(main_r, measure, c), standardised(ctrl_r, measure, c)
-            name = f"{measure}:{'+'.join(CARRIERS[i] for i in c)}"
+            name = f"{measure}:{'+'.join(names[i] for i in c)}"
             rows[name] = {"auroc": auroc(s["clean"], s["triggered"]),
                           "auroc_vs_benign": auroc(s["benign"], s["triggered"]),
                           "auroc_clean_victim": auroc(cs["clean"], cs["triggered"])}

@@ -20,6 +20,15 @@ with the median and a robust spread of the same carrier's agreements on held-out
 images (clean data, no trigger), and the score is the largest standardised agreement over the
 carriers: whichever carrier moves the trigger makes the image stand out. All composites of a
 batch go through the victim in one call.
+
+Measured on the small demo victims (seed 21, `scripts/transplant_carriers.py`; see
+docs/results/specific_detection.md): the window carrier finds BadEncoder's patch (AUROC 1.000,
+clean victim 0.507) but not the blended noise trigger (0.647); the high-pass carrier finds the
+blend (1.000) but also raises the white patch on the clean victim (0.798). ``agreement=
+"contraction"`` (distances instead of cosines, meant to cancel a merely shared additive part)
+fails on BadEncoder, whose target embedding has a large norm (window carrier AUROC 0.016), and
+``highpass_contrast`` (minus the sign-flipped detail's agreement) lost the blend (0.566): the
+blend backdoor also fires on the flipped pattern. Both stay available; neither is the default.
 """
 from __future__ import annotations
 
@@ -56,7 +65,8 @@ class TransplantAny(DeDeTransplant):
 
     def __init__(self, carriers: Sequence[str] = CARRIERS, n_hosts: int = 8,
                  windows: Sequence[Sequence[float]] = ((0.375, 0.375),), grid: int = 4, blend_alpha: float = 0.5,
-                 sigma: float = 1 / 16, n_standardise: int = 256, agreement: str = "cosine") -> None:
+                 sigma: float = 1 / 16, n_standardise: int = 256, agreement: str = "cosine",
+                 highpass_contrast: bool = False) -> None:
         super().__init__(n_hosts=n_hosts)
         carriers = list(carriers)
         bad = [c for c in carriers if c not in CARRIERS]
@@ -79,7 +89,8 @@ class TransplantAny(DeDeTransplant):
         self.carriers, self.windows, self.grid = carriers, windows, int(grid)
         self.blend_alpha, self.sigma, self.n_standardise = float(blend_alpha), float(sigma), int(n_standardise)
         self.agreement = agreement
-        self.copies = len(carriers) * self.n_hosts
+        self.contrast = bool(highpass_contrast) and "highpass" in carriers
+        self.copies = (len(carriers) + self.contrast) * self.n_hosts
         self.centre = self.spread = None  # per-carrier standardisation, set in fit
 
     def fit(self, ctx: EvalContext) -> "TransplantAny":
@@ -138,6 +149,8 @@ class TransplantAny(DeDeTransplant):
                 out.append(h + (xs - blur(xs, sigma)))
             else:  # lowpass
                 out.append(blur(xs, sigma) + (h - blur(h, sigma)))
+        if self.contrast:  # the same detail with its sign flipped: as conspicuous, not the trigger
+            out.append(h - (xs - blur(xs, sigma)))
         return torch.stack(out, 1)
 
     def embed_composites(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
@@ -163,4 +176,13 @@ class TransplantAny(DeDeTransplant):
         return torch.cdist(emb, emb)[..., iu[0], iu[1]].mean(-1)
 
     def _agreement_batch(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        return self.measure(self.embed_composites(x, z))
+        return self.contrasted(self.measure(self.embed_composites(x, z)))
+
+    def contrasted(self, a: torch.Tensor) -> torch.Tensor:
+        """``(B, C)`` from the measured ``(B, C [+ 1])``: with ``highpass_contrast``, the high-pass
+        agreement minus that of its sign-flipped composites (the last column)."""
+        if not self.contrast:
+            return a
+        out = a[:, :-1].clone()
+        out[:, self.carriers.index("highpass")] -= a[:, -1]
+        return out
