@@ -44,24 +44,39 @@ def suspicious_region(ctx: EvalContext, images: torch.Tensor, fraction: float) -
     return F.interpolate(m.view(-1, 1, side, side), scale_factor=model.patch_size, mode="nearest")
 
 
+def occlusion_masks(size: int, shapes, grid: int = 4, device=None) -> torch.Tensor:
+    """``(K, 1, size, size)`` window masks: for each ``(height, width)`` in ``shapes`` (fractions of
+    the image side) a ``grid`` x ``grid`` of overlapping places from corner to corner."""
+    out = []
+    for fh, fw in shapes:
+        h, w = (max(1, min(size, int(round(size * f)))) for f in (fh, fw))
+        rows = torch.linspace(0, size - h, grid).round().long().tolist()
+        cols = torch.linspace(0, size - w, grid).round().long().tolist()
+        m = torch.zeros(grid * grid, 1, size, size, device=device)
+        for k, (r, c) in enumerate((r, c) for r in rows for c in cols):
+            m[k, :, r:r + h, c:c + w] = 1
+        out.append(m)
+    return torch.cat(out)
+
+
 def occlusion_region(ctx: EvalContext, images: torch.Tensor, fraction: float, grid: int = 4) -> torch.Tensor:
     """(N, 1, H, W) float mask of the square window (``fraction`` of the image, on a ``grid`` x
     ``grid`` of overlapping places) whose filling with the image's mean colour moves the victim
     embedding furthest (1 - cosine): where the victim looks, found without the decoder."""
     s = ctx.model.image_size
-    w = max(1, int(round(s * fraction ** 0.5)))
-    starts = torch.linspace(0, s - w, grid).round().long().tolist()
-    masks = torch.zeros(grid * grid, 1, s, s, device=ctx.device)
-    for k, (r, c) in enumerate((r, c) for r in starts for c in starts):
-        masks[k, :, r:r + w, c:c + w] = 1
-
-    def strongest(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        occluded = x[:, None] * (1 - masks) + x.mean((2, 3), keepdim=True)[:, None] * masks  # (B, K, 3, S, S)
-        zo = F.normalize(ctx.victim(occluded.flatten(0, 1)).float(), dim=1).view(len(x), len(masks), -1)
-        return (1 - (zo * z[:, None].to(zo.device)).sum(-1)).argmax(1)
-
+    side = max(1, int(round(s * fraction ** 0.5))) / s
+    masks = occlusion_masks(s, [(side, side)], grid, ctx.device)
     z = F.normalize(ctx.embed(images), dim=1)  # the context's memo: the images' own embeddings once
-    return masks[ctx.map_batches(images, strongest, len(masks), z).long().to(masks.device)]
+    pick = ctx.map_batches(images, lambda x, zb: strongest_window(ctx.victim, x, zb, masks), len(masks), z)
+    return masks[pick.long().to(masks.device)]
+
+
+def strongest_window(victim, x: torch.Tensor, z: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Index ``(B,)`` of the window of ``masks`` ``(K, 1, S, S)`` whose filling with each image's
+    mean colour moves its normalised victim embedding ``z`` furthest (1 - cosine); one victim call."""
+    occluded = x[:, None] * (1 - masks) + x.mean((2, 3), keepdim=True)[:, None] * masks  # (B, K, 3, S, S)
+    zo = F.normalize(victim(occluded.flatten(0, 1)).float(), dim=1).view(len(x), len(masks), -1)
+    return (1 - (zo * z[:, None].to(zo.device)).sum(-1)).argmax(1)
 
 
 class _RegionDetector(Detector):

@@ -5,7 +5,10 @@ trigger: for solid patch triggers a patch of the same size with a random colour 
 place (or random noise, or the trigger's own patch moved where it does not overlap the trigger:
 ``moved``, a stricter control, since a CNN with global pooling sees a moved patch much as it sees
 the trigger), the same magnitude at other DCT frequencies for CTRL's frequency trigger,
-a random-noise patch of the same size for image-patch triggers (BadCLIP). A detector that
+a random-noise patch of the same size for image-patch triggers (BadCLIP), the same blend ratio
+with another pattern (or another natural image) for blended triggers, a random warp of the same
+strength for warping triggers, and the optimised trigger's own perturbation with its pixels
+shuffled (same L_inf and L2 norms) for generator triggers. A detector that
 flags these as often as triggered images detects "a perturbation", not a backdoor.
 
 Every image gets its own draw from a generator seeded with ``seed``, so the same call gives
@@ -15,11 +18,14 @@ from __future__ import annotations
 
 import torch
 
+from dede.triggers.blend import BlendTrigger, blend, seeded_patterns
 from dede.triggers.frequency import FrequencyTrigger
+from dede.triggers.generator import GeneratorTrigger
 from dede.triggers.image_patch import ImagePatchTrigger
 from dede.triggers.patch import NpzTrigger, PatchTrigger, Trigger
+from dede.triggers.warp import WarpTrigger, control_grids, flow_fields, warp
 
-KINDS = ("auto", "moved", "colour", "noise", "frequency")
+KINDS = ("auto", "moved", "colour", "noise", "frequency", "blend", "natural", "warp", "shuffled")
 # a random solid colour is redrawn until it differs from the trigger's by at least this much
 # (largest channel difference), so a benign patch is never the trigger even at the same place
 MIN_COLOUR_DISTANCE = 0.25
@@ -150,6 +156,117 @@ class BenignFrequency(Trigger):
                 "seed": self.seed}
 
 
+def twin_seed(trigger_seed: int, seed: int) -> int:
+    """The seed of a benign twin's draws: never the trigger's own ``trigger_seed`` (so the first
+    draw is not the trigger), different for every control ``seed``."""
+    return 2 ** 40 + 7919 * int(seed) + int(trigger_seed) + 1
+
+
+class BenignBlend(Trigger):
+    """The blend of a `BlendTrigger` with its ratio ``alpha`` but another picture per image:
+
+    - ``pattern`` (``noise`` / ``texture``): a pattern of that kind drawn per image from ``seed``
+      (never the trigger's seed, see `twin_seed`);
+    - ``natural``: another image of the same batch (a seeded derangement of the batch), i.e. a
+      natural image blended in at the trigger's ratio.
+    """
+
+    name = "benign_blend"
+
+    def __init__(self, alpha: float, pattern: str = "noise", seed: int = 0, trigger_seed: int = 0) -> None:
+        if pattern not in ("noise", "texture", "natural"):
+            raise ValueError(f"benign blend pattern must be 'noise', 'texture' or 'natural', got {pattern!r}")
+        self.alpha, self.pattern, self.seed, self.trigger_seed = float(alpha), pattern, int(seed), int(trigger_seed)
+
+    def partners(self, b: int) -> torch.Tensor:
+        """A seeded permutation of ``range(b)`` without fixed points."""
+        if b < 2:
+            raise ValueError("a natural-image blend needs at least 2 images per batch (another image to blend in)")
+        g = torch.Generator().manual_seed(twin_seed(self.trigger_seed, self.seed))
+        perm = torch.randperm(b, generator=g)
+        fixed = perm == torch.arange(b)
+        return torch.where(fixed, (torch.arange(b) + 1) % b, perm) if fixed.any() else perm
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        if h != w:
+            raise ValueError(f"benign blend expects square images, got {h}x{w}")
+        if self.pattern == "natural":
+            other = x[self.partners(b).to(x.device)]
+        else:
+            other = seeded_patterns(self.pattern, twin_seed(self.trigger_seed, self.seed), b, h)
+        return blend(x, other, self.alpha)
+
+    def describe(self) -> dict:
+        what = "another image of the set" if self.pattern == "natural" else f"a random {self.pattern} pattern per image"
+        return {"kind": f"blend_{self.pattern}", "alpha": self.alpha, "seed": self.seed,
+                "description": f"blended at the trigger's ratio with {what}"}
+
+
+class BenignWarp(Trigger):
+    """A WaNet warp with the trigger's control-grid size ``k`` and ``strength`` but a random
+    flow field per image (drawn from ``seed``, never the trigger's)."""
+
+    name = "benign_warp"
+
+    def __init__(self, k: int, strength: float, seed: int = 0, trigger_seed: int = 0) -> None:
+        self.k, self.strength, self.seed, self.trigger_seed = int(k), float(strength), int(seed), int(trigger_seed)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        grids = control_grids(twin_seed(self.trigger_seed, self.seed), x.shape[0], self.k)
+        return warp(x, flow_fields(grids, x.shape[-1]), self.strength)
+
+    def describe(self) -> dict:
+        return {"kind": "warp", "k": self.k, "strength": self.strength, "seed": self.seed,
+                "description": "a random warp per image with the trigger's grid size and strength"}
+
+
+class BenignShuffled(Trigger):
+    """The optimised trigger's own perturbation of each image with its C*H*W values shuffled
+    and their signs flipped at random (per image, from ``seed``): the same L_inf and L2 norms
+    (before clamping to [0, 1]), none of the learned structure."""
+
+    name = "benign_shuffled"
+
+    def __init__(self, trigger: Trigger, seed: int = 0, chunk: int = 256) -> None:
+        self.trigger, self.seed, self.chunk = trigger, int(seed), int(chunk)
+
+    def shuffled_deltas(self, delta: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        flat = delta.flatten(1)
+        perm = torch.rand(flat.shape, generator=g).argsort(1).to(flat.device)
+        sign = (torch.randint(0, 2, flat.shape, generator=g) * 2 - 1).to(flat)
+        return (flat.gather(1, perm) * sign).view_as(delta)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        g = torch.Generator().manual_seed(twin_seed(getattr(self.trigger, "seed", 0), self.seed))
+        out = []
+        for c in x.split(self.chunk):
+            with torch.no_grad():
+                delta = self.trigger(c) - c
+            out.append((c + self.shuffled_deltas(delta, g)).clamp_(0, 1))
+        return torch.cat(out)
+
+    def describe(self) -> dict:
+        return {"kind": "shuffled", "eps": getattr(self.trigger, "eps", None), "seed": self.seed,
+                "description": "the trigger's own perturbation of each image, values shuffled and signs flipped: "
+                               "same L_inf and L2 norm, no structure"}
+
+
+def _full_image_twin(trigger: Trigger, kind: str, seed: int) -> Trigger:
+    """The benign twin of a blended, warping or generator trigger (``kind`` checked against it)."""
+    allowed = {BlendTrigger: ("blend", "natural"), WarpTrigger: ("warp",), GeneratorTrigger: ("shuffled",)}
+    kinds = next(v for t, v in allowed.items() if isinstance(trigger, t))
+    if kind not in ("auto",) + kinds:
+        raise ValueError(f"eval.control.kind={kind!r} does not match a {type(trigger).__name__}; use auto or "
+                         f"{' / '.join(kinds)}")
+    if isinstance(trigger, BlendTrigger):
+        pattern = "natural" if kind == "natural" else ("texture" if trigger.kind == "path" else trigger.kind)
+        return BenignBlend(trigger.alpha, pattern, seed, trigger.seed)
+    if isinstance(trigger, WarpTrigger):
+        return BenignWarp(trigger.k, trigger.strength, seed, trigger.seed)
+    return BenignShuffled(trigger, seed)
+
+
 def _npz_box(trigger: NpzTrigger) -> tuple[int, int, torch.Tensor, tuple[int, int]]:
     inside = (trigger.mask < 0.5).any(0)
     if not inside.any():
@@ -163,11 +280,18 @@ def _npz_box(trigger: NpzTrigger) -> tuple[int, int, torch.Tensor, tuple[int, in
 def benign_perturbation(trigger: Trigger, image_size: int, kind: str = "auto", seed: int = 0) -> Trigger:
     """The benign twin of ``trigger`` at ``image_size``. ``kind``: ``auto`` = matched to the
     trigger (solid patches: ``colour``; image patches: ``noise``; frequency triggers:
-    ``frequency``); ``moved`` / ``colour``
+    ``frequency``; blended: ``blend``; warps: ``warp``; generators: ``shuffled``); ``moved`` / ``colour``
     / ``noise`` = a patch of the trigger's size (its content elsewhere / a random colour / noise);
-    ``frequency`` = the same magnitude at other DCT positions."""
+    ``frequency`` = the same magnitude at other DCT positions; ``blend`` / ``natural`` = the same
+    blend ratio with another pattern of the trigger's kind / another image; ``warp`` = a random warp
+    of the same strength; ``shuffled`` = the generator's perturbation, shuffled (same norms)."""
     if kind not in KINDS:
         raise ValueError(f"eval.control.kind={kind!r} is unknown; known: {list(KINDS)}")
+    if isinstance(trigger, (BlendTrigger, WarpTrigger, GeneratorTrigger)):
+        return _full_image_twin(trigger, kind, seed)
+    if kind in ("blend", "natural", "warp", "shuffled"):
+        raise ValueError(f"eval.control.kind={kind!r} needs a blended, warping or generator trigger, the attack's is "
+                         f"{type(trigger).__name__}")
     if isinstance(trigger, FrequencyTrigger):
         if kind not in ("auto", "frequency"):
             raise ValueError(f"eval.control.kind={kind!r} does not match a frequency trigger; use auto or frequency")

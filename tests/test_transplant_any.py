@@ -1,0 +1,147 @@
+"""`transplant_any` on toy encoders whose behaviour is known exactly.
+
+Toy data: smooth random 16x16 images that share a faint vertical grating (the edges a warp can
+bend). Two toy backdoors on top of a pixel encoder (the image's own centred pixels):
+
+- blend: an image whose pixels correlate with a fixed noise pattern (the pattern blended in at
+  ratio 0.2) embeds to one target point;
+- warp: an image whose detail correlates with the grating bent by a fixed smooth (WaNet-style)
+  displacement field embeds to one target point.
+
+The new test must separate each trigger from clean images on its backdoored encoder, and not
+from the same images with a benign perturbation of the same kind (another pattern, another
+random warp), nor on the pixel encoder without the backdoor (the same perturbation, no backdoor).
+"""
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dede.detect.metrics import auroc
+from dede.detect.transplant import TransplantAny, blur
+
+S = 16
+GRATING = 0.12 * torch.sin(torch.arange(S) * (2 * torch.pi / 4)).view(1, 1, 1, S)
+
+
+def smooth_images(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, 4, 4, generator=g) * 0.6 + 0.2
+    x = F.interpolate(low, size=(S, S), mode="bilinear", align_corners=False)
+    return (x + GRATING + 0.01 * torch.randn(n, 3, S, S, generator=g)).clamp(0, 1)
+
+
+def pattern(seed: int) -> torch.Tensor:
+    return torch.rand(1, 3, S, S, generator=torch.Generator().manual_seed(seed))
+
+
+def blend(x: torch.Tensor, seed: int, ratio: float = 0.2) -> torch.Tensor:
+    return (1 - ratio) * x + ratio * pattern(seed)
+
+
+def field(seed: int, strength: float = 1.5) -> torch.Tensor:
+    """A WaNet-style smooth displacement grid for `grid_sample` (``strength`` pixels at most)."""
+    g = torch.Generator().manual_seed(seed)
+    d = F.interpolate(torch.rand(1, 2, 4, 4, generator=g) * 2 - 1, size=(S, S), mode="bicubic", align_corners=True)
+    d = d / d.abs().amax() * strength * 2 / S
+    lin = torch.linspace(-1, 1, S)
+    base = torch.stack(torch.meshgrid(lin, lin, indexing="ij")[::-1], -1)[None]
+    return (base + d.permute(0, 2, 3, 1)).clamp(-1, 1)
+
+
+def warp(x: torch.Tensor, seed: int) -> torch.Tensor:
+    return F.grid_sample(x, field(seed).expand(len(x), -1, -1, -1), align_corners=True).clamp(0, 1)
+
+
+def pixels(x: torch.Tensor) -> torch.Tensor:
+    return (x - 0.5).flatten(1)
+
+
+def corr(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    a = x.flatten(1) - x.flatten(1).mean(1, keepdim=True)
+    b = t.flatten(1) - t.flatten(1).mean(1, keepdim=True)
+    return F.cosine_similarity(a, b.expand_as(a), dim=1)
+
+
+TARGET = torch.linspace(-1, 1, 3 * S * S)
+
+
+def backdoored(statistic, threshold: float):
+    """The pixel encoder, except that images whose ``statistic`` exceeds ``threshold`` embed to TARGET."""
+    def encoder(x: torch.Tensor) -> torch.Tensor:
+        out = pixels(x)
+        out[statistic(x) > threshold] = TARGET
+        return out
+
+    return encoder
+
+
+# the detail of the grating bent by the trigger's warp: what the toy warp backdoor looks for
+BENT = (lambda w: w - blur(w, 1.0))(warp((0.5 + GRATING).expand(1, 3, S, S), 0))
+
+
+def fitted(encoder, **kwargs) -> TransplantAny:
+    det = TransplantAny(n_hosts=6, n_standardise=64, **kwargs)
+    det.hosts = smooth_images(6, 100)
+    ctx = SimpleNamespace(victim=encoder, embed=encoder, device=torch.device("cpu"), seed=0,
+                          calibration=SimpleNamespace(images=smooth_images(64, 200)))
+    ctx.map_batches = lambda images, fn, copies=1, *aligned: fn(images, *aligned)
+    return det.standardise(ctx)
+
+
+TRIGGERS = {"blend": (blend, backdoored(lambda x: corr(x, pattern(0)), 0.15)),
+            "warp": (warp, backdoored(lambda x: corr(x - blur(x, 1.0), BENT), 0.8))}
+
+
+def test_toy_backdoors_fire_on_their_trigger_only():
+    """The toy encoders are what they claim: the trigger fires the backdoor on every image, the
+    clean images and the benign perturbation of the same kind (seed 5) never do."""
+    clean = smooth_images(40, 1)
+    for perturb, encoder in TRIGGERS.values():
+        assert (encoder(perturb(clean, 0)) == TARGET).all(1).all()
+        assert not (encoder(clean) == TARGET).all(1).any()
+        assert not (encoder(perturb(clean, 5)) == TARGET).all(1).any()
+
+
+@pytest.mark.parametrize("agreement", ["cosine", "contraction"])
+@pytest.mark.parametrize("kind", ["blend", "warp"])
+def test_full_image_triggers_are_separated_only_where_they_are_a_backdoor(kind, agreement):
+    perturb, encoder = TRIGGERS[kind]
+    clean = smooth_images(40, 1)
+    trig, benign = perturb(clean, 0), perturb(clean, 5)
+    det = fitted(encoder, agreement=agreement)
+    s_clean, s_trig, s_benign = det.score(clean), det.score(trig), det.score(benign)
+    assert auroc(s_clean, s_trig) >= 0.99
+    assert auroc(s_benign, s_trig) >= 0.99
+    # the same perturbation on the pixel encoder without the backdoor
+    control = fitted(pixels, agreement=agreement)
+    assert auroc(control.score(clean), control.score(trig)) <= 0.65
+
+
+def test_a_carrier_that_does_not_move_the_trigger_does_not_find_it():
+    """The window carrier alone cannot move a full-image blend; the blend carrier can. (What the
+    other carriers add over `transplant_occlusion`.)"""
+    perturb, encoder = TRIGGERS["blend"]
+    clean = smooth_images(40, 1)
+    window = fitted(encoder, carriers=["window"], windows=[[0.375, 0.375]])
+    assert auroc(window.score(clean), window.score(perturb(clean, 0))) <= 0.7
+    both = fitted(encoder, carriers=["window", "blend"])
+    assert auroc(both.score(clean), both.score(perturb(clean, 0))) >= 0.99
+
+
+def test_scores_are_standardised_on_the_held_out_images():
+    det = fitted(pixels)
+    cal = det.ctx.calibration.images
+    z = (det.agreements(cal) - det.centre) / det.spread
+    assert torch.allclose(z.median(0).values, torch.zeros(len(det.carriers)), atol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"carriers": ["window", "stripes"]}, "carriers"), ({"carriers": []}, "carriers"),
+    ({"windows": [[0.5]]}, "windows"), ({"windows": [[0.0, 0.5]]}, "windows"), ({"grid": 0}, "grid"),
+    ({"blend_alpha": 1.0}, "blend_alpha"), ({"sigma": 0}, "sigma"), ({"agreement": "median"}, "agreement"),
+    ({"n_standardise": 2}, "n_standardise"), ({"n_hosts": 1}, "n_hosts")])
+def test_bad_settings_are_refused_with_the_key(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TransplantAny(**kwargs)
