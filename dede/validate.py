@@ -165,9 +165,10 @@ def validate_eval_config(e: DictConfig, prefix: str = "eval") -> None:
             raise ConfigError(f"{prefix}.main_detector={main!r} is not a registered detector; known: "
                               f"{known_detectors()}")
     control = e.get("control") or {}
-    if control.get("enabled", True) and control.get("kind", "auto") not in ("auto", "moved", "colour", "noise",
-                                                                              "frequency"):
-        raise ConfigError(f"{prefix}.control.kind={control.kind!r}: use auto, moved, colour, noise or frequency")
+    from dede.triggers.benign import KINDS
+
+    if control.get("enabled", True) and control.get("kind", "auto") not in KINDS:
+        raise ConfigError(f"{prefix}.control.kind={control.kind!r}: use one of {', '.join(KINDS)}")
     device = str(e.get("device", "auto"))
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"{prefix}.device={device} but this machine has no CUDA device; use {prefix}.device=auto "

@@ -35,7 +35,8 @@ def test_attack_config_builds_victim_and_trigger_on_the_embedded_default(name):
     assert size % int(cfg.decoder.patch_size) == 0
 
 
-@pytest.mark.parametrize("name", ["badencoder", "drupe", "ctrl", "asset", "clip", "badclip"])
+@pytest.mark.parametrize("name", ["badencoder", "drupe", "ctrl", "asset", "clip", "badclip", "blend", "warp",
+                                  "sample_specific"])
 def test_paper_scale_of_each_attack_uses_the_paper_victim(name):
     cfg = compose_train([f"attack={name}", "data=cifar10"])
     assert cfg.scale == "paper"
