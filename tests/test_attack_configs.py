@@ -14,11 +14,16 @@ ATTACK_NAMES = sorted(p.stem for p in (CONF_DIR / "attack").glob("*.yaml"))
 
 @pytest.mark.parametrize("name", ATTACK_NAMES)
 def test_attack_config_builds_victim_and_trigger_on_the_embedded_default(name):
-    cfg = compose_train([f"attack={name}"])
+    cfg = compose_train([f"attack={name}"] + (["attack.victim.model=resnet10t"] if name == "external" else []))
     a = cfg.attack
     assert cfg.scale == "tiny" and cfg.data.name == "synthetic"
-    assert callable(make_function(a.pretrain.maker, "attack.pretrain.maker"))
-    if a.maker is None:
+    if name == "external":  # an encoder brought by the user: never made here, weights from attack.checkpoint
+        assert a.maker is None and a.pretrain.maker is None and a.checkpoint_format == "state_dict"
+    else:
+        assert callable(make_function(a.pretrain.maker, "attack.pretrain.maker"))
+    if name == "external":
+        pass
+    elif a.maker is None:
         assert a.name == "clean"  # only the clean controls have no attack
     else:
         assert callable(make_function(a.maker, "attack.maker")) and a.name == name
