@@ -62,12 +62,14 @@ def test_backdoor_works_and_dede_detects_it(trained):
     assert res["threshold"]["fpr"] <= 0.15  # calibrated on held-out auxiliary data only
 
 
-def test_second_run_reuses_cached_victim_and_resumes(trained, tmp_path, cache_dir):
+def test_second_run_reuses_cached_victim_resumes_and_trains_the_decoder_in_bf16(trained, tmp_path, cache_dir):
     run = tmp_path / "again"
-    short = TINY + [f"hydra.run.dir={run}", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1"]
+    short = TINY + [f"hydra.run.dir={run}", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
+                    "decoder.precision=bf16-mixed"]
     r = run_entry("train.py", short + ["decoder.epochs=1"], cache_dir)
     assert r.returncode == 0, r.output[-3000:]
     assert "reusing cached badencoder victim" in r.output and "making" not in r.output
+    assert "bfloat16 Automatic Mixed Precision" in r.output  # the decoder's precision; the victim stays fp32
     victim = json.loads((run / "victim.json").read_text())
     assert victim["made_in_this_run"] is False
     # an interrupted / extended run resumes from checkpoints/last.ckpt
@@ -76,15 +78,6 @@ def test_second_run_reuses_cached_victim_and_resumes(trained, tmp_path, cache_di
     assert "resuming from" in r.output
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 4
-
-
-def test_decoder_precision_trains_in_bf16_and_keeps_the_fp32_victim(trained, tmp_path, cache_dir):
-    short = TINY + [f"hydra.run.dir={tmp_path / 'bf16'}", "+trainer.limit_train_batches=2",
-                    "+trainer.limit_val_batches=1", "decoder.epochs=1", "decoder.precision=bf16-mixed"]
-    r = run_entry("train.py", short, cache_dir)
-    assert r.returncode == 0, r.output[-3000:]
-    assert "reusing cached badencoder victim" in r.output and "making" not in r.output
-    assert "bfloat16 Automatic Mixed Precision" in r.output
 
 
 def test_decoder_uses_the_victim_embedding(trained):
