@@ -135,16 +135,26 @@ def test_offline_real_data_fails_at_once_naming_files(tmp_path, cache_dir):
     assert not list((tmp_path / "run").glob("checkpoints/*"))
 
 
-def test_bad_mask_ratio_on_the_command_line(tmp_path, cache_dir):
-    r = run_entry("train.py", ["decoder.mask_ratio=1.5", f"hydra.run.dir={tmp_path}/run", "logger=csv"], cache_dir)
-    assert r.returncode != 0 and "decoder.mask_ratio=1.5 is outside [0, 1)" in r.output
+# (in-process: train.py runs exactly this pipeline; the entry point's own failures are checked above)
+def test_bad_mask_ratio_fails_before_any_work(tmp_path, cache_dir):
+    from dede.pipeline.compose import train_in_process
+
+    cfg = compose_train(["decoder.mask_ratio=1.5", "logger=csv", f"paths.cache_dir={cache_dir}"])
+    with pytest.raises(ValueError, match=r"decoder.mask_ratio=1.5 is outside \[0, 1\)"):
+        train_in_process(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "resolved_config.yaml").exists()
 
 
 def test_corrupt_checkpoint_fails_before_training(tmp_path, cache_dir):
+    from dede.pipeline.compose import train_in_process
+
     bad = tmp_path / "victim.pth"
     bad.write_bytes(b"\x00garbage")
-    r = run_entry("train.py", [f"attack.checkpoint={bad}", f"hydra.run.dir={tmp_path}/run", "logger=csv"], cache_dir)
-    assert r.returncode != 0 and "cannot read checkpoint" in r.output
+    cfg = compose_train([f"attack.checkpoint={bad}", "logger=csv", f"paths.cache_dir={cache_dir}",
+                         "data.home.n_train=200", "data.home.n_test=100"])
+    with pytest.raises(Exception, match="cannot read checkpoint"):
+        train_in_process(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_embedding_size_mismatch_between_decoder_and_victim(tmp_path):

@@ -71,7 +71,7 @@ def test_compose_train_works_inside_another_hydra_context(monkeypatch, tmp_path)
 
 
 # the smallest clean victim and decoder that train
-TINY_REFERENCE = ["data.home.n_train=256", "data.home.n_test=64", "data.n=256", "attack.pretrain.epochs=1",
+TINY_REFERENCE = ["data.home.n_train=128", "data.home.n_test=64", "data.n=128", "attack.pretrain.epochs=1",
                   "attack.pretrain.batch_size=64", "data.batch_size=64", "decoder.epochs=1", "decoder.embed_dim=32",
                   "decoder.depth=1", "decoder.decoder_depth=1", "decoder.num_heads=2",
                   "trainer.enable_progress_bar=false"]

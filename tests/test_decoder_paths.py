@@ -110,6 +110,7 @@ def test_decoder_adam_is_fused_and_follows_plain_adam():
         torch.testing.assert_close(p, q, rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow  # torch.compile takes a minute on CPU; test_compile_fails_at_once_with_the_reason stays fast
 def test_compiled_blocks_give_the_same_errors_and_keep_the_parameter_names():
     pytest.importorskip("torch._inductor")
     kw = dict(model=dict(image_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2, decoder_depth=1),

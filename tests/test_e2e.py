@@ -62,12 +62,14 @@ def test_backdoor_works_and_dede_detects_it(trained):
     assert res["threshold"]["fpr"] <= 0.15  # calibrated on held-out auxiliary data only
 
 
-def test_second_run_reuses_cached_victim_and_resumes(trained, tmp_path, cache_dir):
+def test_second_run_reuses_cached_victim_resumes_and_trains_the_decoder_in_bf16(trained, tmp_path, cache_dir):
     run = tmp_path / "again"
-    short = TINY + [f"hydra.run.dir={run}", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1"]
+    short = TINY + [f"hydra.run.dir={run}", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
+                    "decoder.precision=bf16-mixed"]
     r = run_entry("train.py", short + ["decoder.epochs=1"], cache_dir)
     assert r.returncode == 0, r.output[-3000:]
     assert "reusing cached badencoder victim" in r.output and "making" not in r.output
+    assert "bfloat16 Automatic Mixed Precision" in r.output  # the decoder's precision; the victim stays fp32
     victim = json.loads((run / "victim.json").read_text())
     assert victim["made_in_this_run"] is False
     # an interrupted / extended run resumes from checkpoints/last.ckpt
@@ -76,15 +78,6 @@ def test_second_run_reuses_cached_victim_and_resumes(trained, tmp_path, cache_di
     assert "resuming from" in r.output
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 4
-
-
-def test_decoder_precision_trains_in_bf16_and_keeps_the_fp32_victim(trained, tmp_path, cache_dir):
-    short = TINY + [f"hydra.run.dir={tmp_path / 'bf16'}", "+trainer.limit_train_batches=2",
-                    "+trainer.limit_val_batches=1", "decoder.epochs=1", "decoder.precision=bf16-mixed"]
-    r = run_entry("train.py", short, cache_dir)
-    assert r.returncode == 0, r.output[-3000:]
-    assert "reusing cached badencoder victim" in r.output and "making" not in r.output
-    assert "bfloat16 Automatic Mixed Precision" in r.output
 
 
 def test_decoder_uses_the_victim_embedding(trained):
@@ -113,13 +106,13 @@ def test_decoder_uses_the_victim_embedding(trained):
 
 def test_multirun_gives_each_job_its_own_directory(trained, tmp_path, cache_dir):
     sweep = tmp_path / "sweep"
-    r = run_entry("train.py", ["-m", "decoder.mask_ratio=0.75,0.9", "decoder.patch_size=4,8", *TINY,
+    r = run_entry("train.py", ["-m", "decoder.mask_ratio=0.75,0.9", "decoder.patch_size=8", *TINY,
                                "decoder.epochs=1", "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1",
                                "eval_after_train=true", "eval.downstream.enabled=false", "eval.plots=false",
                                "eval.n_test=100", f"hydra.sweep.dir={sweep}"], cache_dir)
     assert r.returncode == 0, r.output[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
-    assert len(jobs) == 4
+    assert len(jobs) == 2
     seen = set()
     for job in jobs:
         assert (job / "checkpoints" / "last.ckpt").is_file()
@@ -127,17 +120,18 @@ def test_multirun_gives_each_job_its_own_directory(trained, tmp_path, cache_dir)
         seen.add((cfg["decoder"]["mask_ratio"], cfg["decoder"]["patch_size"]))
         hp = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["hyper_parameters"]
         assert hp["mask_ratio"] == cfg["decoder"]["mask_ratio"] and hp["model"]["patch_size"] == cfg["decoder"]["patch_size"]
-    assert seen == {(0.75, 4), (0.75, 8), (0.9, 4), (0.9, 8)}
+    assert seen == {(0.75, 8), (0.9, 8)}
     for job in jobs:  # each job evaluated itself into its own directory
         assert 0 <= json.loads((job / "results.json").read_text())["auroc"] <= 1
     # evaluate.py over the multirun directory: one table over all jobs
     r = run_entry("evaluate.py", [f"run={sweep}", f"hydra.run.dir={tmp_path}/agg", "logger=csv"], cache_dir)
     assert r.returncode == 0, r.output[-3000:]
     agg = json.loads((tmp_path / "agg" / "results.json").read_text())
-    assert agg["n_jobs"] == 4 and agg["n_failed"] == 0 and len(agg["aggregate"]) == 4
+    assert agg["n_jobs"] == 2 and agg["n_failed"] == 0 and len(agg["aggregate"]) == 2
     assert (tmp_path / "agg" / "auroc_vs_mask_ratio.png").is_file()
 
 
+@pytest.mark.slow  # two interpreters making a victim together: minutes on a 2-core machine
 def test_two_process_ddp_on_cpu(tmp_path):
     """Both ranks make the (uncached) victim together and train the decoder; rank zero publishes."""
     run, cache = tmp_path / "ddp", tmp_path / "cache"
@@ -209,14 +203,28 @@ def test_detector_comparison_with_controls(trained, clean_run, tmp_path, cache_d
     assert res["model_level"]["asset"]["n_poisoned"] > 0 and 0 <= res["model_level"]["asset"]["auroc"] <= 1
     md = (out / "results.md").read_text()
     assert "Detector comparison" in md and "slof" in md and "DECREE" in md and "auroc_clean_victim" in md
-    r = run_entry("evaluate.py", [f"run={run}", f"hydra.run.dir={tmp_path}/bad", "logger=csv", "detectors=[oracle]"],
-                  cache_dir)
-    assert r.returncode != 0 and "unknown detector" in r.output
-    r = run_entry("evaluate.py", [f"run={run}", f"hydra.run.dir={tmp_path}/bad2", "logger=csv", "detectors=[dede_ref]"],
-                  cache_dir)
-    assert r.returncode != 0 and "eval.reference.run" in r.output
+    # the clean victim's detectors flag about their nominal 5 % of its clean images, each at the
+    # threshold calibrated on its own auxiliary data (the honest-encoder check)
+    for name, row in table.items():
+        assert row["flag_rate_clean_victim_clean"] <= 0.15, (name, row["flag_rate_clean_victim_clean"])
 
 
+def test_unknown_and_unusable_detectors_fail_before_any_work(trained, tmp_path):
+    from omegaconf import OmegaConf
+
+    from dede.pipeline.evaluate import evaluate_run
+    from tests.helpers import CONF_DIR
+
+    run, _, _ = trained
+    e = OmegaConf.load(CONF_DIR / "eval" / "default.yaml")
+    with pytest.raises(ValueError, match="unknown detector"):
+        evaluate_run(run, e, tmp_path / "bad", None, ["oracle"])
+    with pytest.raises(ValueError, match="eval.reference.run"):
+        evaluate_run(run, e, tmp_path / "bad2", None, ["dede_ref"])
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad2").exists()
+
+
+@pytest.mark.slow  # its flag rates are asserted by test_detector_comparison_with_controls (the control)
 def test_clean_victim_is_not_flagged(clean_run, tmp_path, cache_dir):
     """An honest encoder: every detector flags about its nominal 5 % of clean images."""
     out = tmp_path / "clean_eval"
