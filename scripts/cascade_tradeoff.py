@@ -47,13 +47,17 @@ def main() -> None:
     p.add_argument("--cheap", default="dede")
     p.add_argument("--specific", default="transplant_any")
     p.add_argument("--quantiles", default="0.5,0.7,0.8,0.9,0.95")
+    p.add_argument("--cheap-from", type=Path, default=None,
+                   help="another evaluation of the same run and images that holds the cheap detector's scores")
     a = p.parse_args()
-    npz = np.load(a.eval_dir / "scores.npz")
-    rows = json.loads((a.eval_dir / "results.json").read_text())["detectors"]
-    ips_c, ips_s = rows[a.cheap]["images_per_second"], rows[a.specific]["images_per_second"]
+    cheap_dir = a.cheap_from or a.eval_dir
+    npz = {d: np.load(d / "scores.npz") for d in {a.eval_dir, cheap_dir}}
+    ips_c = json.loads((cheap_dir / "results.json").read_text())["detectors"][a.cheap]["images_per_second"]
+    ips_s = json.loads((a.eval_dir / "results.json").read_text())["detectors"][a.specific]["images_per_second"]
 
     def part(prefix: str, name: str) -> dict:
-        return {k.rsplit("/", 1)[1]: npz[k] for k in npz.files if k.startswith(f"{prefix}{name}/")}
+        f = npz[cheap_dir if name == a.cheap else a.eval_dir]
+        return {k.rsplit("/", 1)[1]: f[k] for k in f.files if k.startswith(f"{prefix}{name}/")}
 
     print("| gate quantile | specific test on: clean | triggered | AUROC | vs benign | clean victim "
           "| est. images/s, clean traffic | est. images/s, test mix |")

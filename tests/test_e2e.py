@@ -179,7 +179,7 @@ def test_detector_comparison_with_controls(trained, clean_run, tmp_path, cache_d
     table = res["detectors"]
     assert set(table) == {"dede", "dede_patch_top", "dede_ablate", "dede_transplant", "transplant_occlusion", "dao",
                           "slof", "knn", "mahalanobis", "feature_norm", "lid", "isolation_forest", "mask_consistency",
-                          "teco", "scale_up", "strip"}
+                          "teco", "scale_up", "strip", "transplant_any", "cascade"}
     assert "dede_ref" in res["detectors_skipped"]  # no eval.reference.run given
     for name, row in table.items():
         assert DETECTOR_FIELDS <= set(row), name
