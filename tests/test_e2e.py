@@ -171,7 +171,8 @@ def test_detector_comparison_with_controls(trained, clean_run, tmp_path, cache_d
     run, _, main = trained
     out = tmp_path / "cmp"
     r = run_entry("evaluate.py", [f"run={run}", f"control_run={clean_run}", f"hydra.run.dir={out}", "logger=csv",
-                                  "detectors=all", "eval.downstream.epochs=10", "eval.downstream.n_train=1000",
+                                  "detectors=all", "eval.n_test=250", "eval.downstream.epochs=10",
+                                  "eval.downstream.n_train=600",
                                   "eval.model_level.enabled=true",
                                   "eval.model_level.decree_steps=30", "eval.model_level.decree_images=16"], cache_dir)
     assert r.returncode == 0, r.output[-3000:]
