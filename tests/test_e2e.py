@@ -168,7 +168,7 @@ def clean_run(tmp_path_factory, cache_dir):
 def test_detector_comparison_with_controls(trained, clean_run, tmp_path, cache_dir):
     """Every detector gets both controls; the backdoor-specific variant keeps DeDe's detection on
     the backdoored victim and loses it on the clean one, where the paper's score does not."""
-    run, _, main = trained
+    run, _, _ = trained
     out = tmp_path / "cmp"
     r = run_entry("evaluate.py", [f"run={run}", f"control_run={clean_run}", f"hydra.run.dir={out}", "logger=csv",
                                   "detectors=all", "eval.n_test=250", "eval.downstream.epochs=10",
@@ -187,7 +187,6 @@ def test_detector_comparison_with_controls(trained, clean_run, tmp_path, cache_d
         assert 0 <= row["auroc"] <= 1 and row["images_per_second"] > 0
     for k in ["auroc_vs_benign", "flag_rate_benign", "asr_benign", "auroc_clean_victim", "flag_rate_clean_victim"]:
         assert res[k] == table["dede"][k], k  # the main detector's controls at the top level
-    assert abs(table["dede"]["auroc"] - main["auroc"]) < 1e-6  # the same scores as the main report
     assert res["asr_benign"] <= 0.3  # the benign patch does not fire the backdoor (measured 0.02)
     # the paper's score flags the patch on the clean victim as well (measured AUROC 0.98)
     assert table["dede"]["auroc"] >= 0.95 and table["dede"]["auroc_clean_victim"] >= 0.9
@@ -196,6 +195,12 @@ def test_detector_comparison_with_controls(trained, clean_run, tmp_path, cache_d
     assert t["auroc"] >= 0.95 and t["auroc_vs_benign"] >= 0.9 and t["auroc_clean_victim"] <= 0.65
     assert t["flag_rate_clean_victim"] <= 0.2 and t["asr_defended"] <= 0.1
     scores = np.load(out / "scores.npz")
+    # the same scores as the main report on the same images (the first 250 of its 500 test images)
+    before = np.load(trained[1] / "scores.npz")
+    for part in ["clean", "triggered"]:
+        n = len(scores[f"dede/{part}"])
+        assert 0 < n < len(before[f"dede/{part}"])
+        assert np.allclose(scores[f"dede/{part}"], before[f"dede/{part}"][:n], rtol=1e-4), part
     for name in table:
         for part in ["clean", "triggered", "benign", "calibration", "train"]:
             assert len(scores[f"{name}/{part}"]) > 0, (name, part)
