@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from dede.detect.detectors import occlusion_moves
 from dede.detect.metrics import auroc
 from dede.detect.transplant import AGREEMENTS, CARRIERS, TransplantAny
 from dede.pipeline.evaluate import load_run, test_sets
@@ -32,7 +33,8 @@ def raw(det: TransplantAny, images: torch.Tensor) -> dict[str, torch.Tensor]:
     step = max(1, ctx.batch_size // (det.copies + len(det.masks)))
     for i in range(0, len(images), step):
         x = images[i:i + step].float().div(255).to(ctx.device)
-        emb = det.embed_composites(x, z[i:i + step])
+        window = occlusion_moves(ctx.victim, x, z[i:i + step], det.masks).argmax(1)
+        emb = det.embed_composites(x, window)
         for m in AGREEMENTS:
             det.agreement = m
             out[m].append(det.measure(emb).cpu())

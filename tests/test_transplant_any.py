@@ -90,8 +90,21 @@ def fitted(encoder, **kwargs) -> TransplantAny:
     return det.standardise(ctx)
 
 
+def patch(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """A white 4x4 patch: bottom right for the trigger (seed 0), elsewhere for a benign twin."""
+    r, c = (11, 11) if seed == 0 else (1 + seed % 6, 2)
+    out = x.clone()
+    out[:, :, r:r + 4, c:c + 4] = 1.0
+    return out
+
+
+def white_corner(x: torch.Tensor) -> torch.Tensor:
+    return x[:, :, 11:15, 11:15].amin((1, 2, 3))
+
+
 TRIGGERS = {"blend": (blend, backdoored(lambda x: corr(x, pattern(0)), 0.15)),
-            "warp": (warp, backdoored(lambda x: corr(x - blur(x, 1.0), BENT), 0.8))}
+            "warp": (warp, backdoored(lambda x: corr(x - blur(x, 1.0), BENT), 0.8)),
+            "patch": (patch, backdoored(white_corner, 0.99))}
 
 
 def test_toy_backdoors_fire_on_their_trigger_only():
@@ -119,6 +132,45 @@ def test_full_image_triggers_are_separated_only_where_they_are_a_backdoor(kind, 
     assert auroc(control.score(clean), control.score(trig)) <= 0.65
 
 
+@pytest.mark.parametrize("kind", ["blend", "warp", "patch"])
+def test_a_carrier_that_both_moves_the_image_and_collapses_the_hosts_separates_every_trigger(kind):
+    """``select="both"``: the largest over carriers of min(agreement, move). It separates every
+    toy trigger from clean and from benign-perturbed images on its backdoored encoder and, for the
+    full-image triggers, not on the pixel encoder without the backdoor. (A pixel encoder is no
+    model of a clean victim for a patch: any shared white patch raises its pixel cosines.)"""
+    perturb, encoder = TRIGGERS[kind]
+    clean = smooth_images(40, 1)
+    trig, benign = perturb(clean, 0), perturb(clean, 5)
+    det = fitted(encoder, carriers=["window", "highpass", "lowpass"], select="both")
+    s_trig = det.score(trig)
+    assert auroc(det.score(clean), s_trig) >= 0.99
+    assert auroc(det.score(benign), s_trig) >= 0.99
+    if kind != "patch":
+        control = fitted(pixels, carriers=["window", "highpass", "lowpass"], select="both")
+        assert auroc(control.score(clean), control.score(trig)) <= 0.65
+
+
+def test_picking_by_move_alone_is_fragile_when_several_removals_break_the_trigger():
+    """``select="move"`` (the carrier whose removal moves the image most) scores the wrong carrier
+    when blurring and occluding both break a patch trigger (equal moves): the high-pass carrier,
+    which does not move the patch's colour, is picked for some images. Why ``both`` exists."""
+    perturb, encoder = TRIGGERS["patch"]
+    clean = smooth_images(40, 1)
+    scores = {sel: fitted(encoder, carriers=["window", "highpass", "lowpass"], select=sel) for sel in ("move", "both")}
+    vs_benign = {sel: auroc(d.score(perturb(clean, 5)), d.score(perturb(clean, 0))) for sel, d in scores.items()}
+    assert vs_benign["both"] >= 0.99 > vs_benign["move"]
+
+
+def test_move_selection_scores_the_carrier_whose_removal_moves_most():
+    det = fitted(pixels, carriers=["window", "highpass", "lowpass"], select="move")
+    std = torch.tensor([[5.0, 1.0, 2.0, 4.0, 4.5, 0.2], [0.0, 7.0, 1.0, 4.0, 0.0, 0.0]])
+    assert det.combine(std).tolist() == [1.0, 0.0]
+    det.select = "both"
+    assert det.combine(std).tolist() == [4.0, 0.0]
+    raw = det.agreements(smooth_images(4, 3))
+    assert raw.shape == (4, 6) and (raw[:, 3:] >= -1e-6).all()  # moves are 1 - cosine
+
+
 def test_a_carrier_that_does_not_move_the_trigger_does_not_find_it():
     """The window carrier alone cannot move a full-image blend; the blend carrier can. (What the
     other carriers add over `transplant_occlusion`.)"""
@@ -141,7 +193,8 @@ def test_scores_are_standardised_on_the_held_out_images():
     ({"carriers": ["window", "stripes"]}, "carriers"), ({"carriers": []}, "carriers"),
     ({"windows": [[0.5]]}, "windows"), ({"windows": [[0.0, 0.5]]}, "windows"), ({"grid": 0}, "grid"),
     ({"blend_alpha": 1.0}, "blend_alpha"), ({"sigma": 0}, "sigma"), ({"agreement": "median"}, "agreement"),
-    ({"n_standardise": 2}, "n_standardise"), ({"n_hosts": 1}, "n_hosts")])
+    ({"n_standardise": 2}, "n_standardise"), ({"n_hosts": 1}, "n_hosts"), ({"select": "min"}, "select"),
+    ({"select": "move", "carriers": ["window", "blend"]}, "select=move")])
 def test_bad_settings_are_refused_with_the_key(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TransplantAny(**kwargs)

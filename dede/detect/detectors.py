@@ -71,12 +71,18 @@ def occlusion_region(ctx: EvalContext, images: torch.Tensor, fraction: float, gr
     return masks[pick.long().to(masks.device)]
 
 
+def occlusion_moves(victim, x: torch.Tensor, z: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``(B, K)``: how far filling each window of ``masks`` ``(K, 1, S, S)`` with each image's mean
+    colour moves its normalised victim embedding ``z`` (1 - cosine); one victim call."""
+    occluded = x[:, None] * (1 - masks) + x.mean((2, 3), keepdim=True)[:, None] * masks  # (B, K, 3, S, S)
+    zo = F.normalize(victim(occluded.flatten(0, 1)).float(), dim=1).view(len(x), len(masks), -1)
+    return 1 - (zo * z[:, None].to(zo.device)).sum(-1)
+
+
 def strongest_window(victim, x: torch.Tensor, z: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Index ``(B,)`` of the window of ``masks`` ``(K, 1, S, S)`` whose filling with each image's
     mean colour moves its normalised victim embedding ``z`` furthest (1 - cosine); one victim call."""
-    occluded = x[:, None] * (1 - masks) + x.mean((2, 3), keepdim=True)[:, None] * masks  # (B, K, 3, S, S)
-    zo = F.normalize(victim(occluded.flatten(0, 1)).float(), dim=1).view(len(x), len(masks), -1)
-    return (1 - (zo * z[:, None].to(zo.device)).sum(-1)).argmax(1)
+    return occlusion_moves(victim, x, z, masks).argmax(1)
 
 
 class _RegionDetector(Detector):

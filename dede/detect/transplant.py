@@ -39,11 +39,14 @@ import torch.nn.functional as F
 
 from dede.detect.base import register_detector
 from dede.detect.context import EvalContext, as_float
-from dede.detect.detectors import DeDeTransplant, occlusion_masks, strongest_window
+from dede.detect.detectors import DeDeTransplant, occlusion_masks, occlusion_moves
 from dede.detect.literature import _blur_matrix
 
 CARRIERS = ("window", "blend", "highpass", "lowpass")
 AGREEMENTS = ("cosine", "contraction")
+SELECTS = ("max", "move", "both")
+# carriers whose removal from the suspect is defined (select="move"); a blend has no "rest"
+REMOVABLE = ("window", "highpass", "lowpass")
 
 
 def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -66,7 +69,7 @@ class TransplantAny(DeDeTransplant):
     def __init__(self, carriers: Sequence[str] = CARRIERS, n_hosts: int = 8,
                  windows: Sequence[Sequence[float]] = ((0.375, 0.375),), grid: int = 4, blend_alpha: float = 0.5,
                  sigma: float = 1 / 16, n_standardise: int = 256, agreement: str = "cosine",
-                 highpass_contrast: bool = False) -> None:
+                 highpass_contrast: bool = False, select: str = "max") -> None:
         super().__init__(n_hosts=n_hosts)
         carriers = list(carriers)
         bad = [c for c in carriers if c not in CARRIERS]
@@ -84,11 +87,16 @@ class TransplantAny(DeDeTransplant):
             raise ValueError(f"transplant_any sigma={sigma} must be > 0 (a fraction of the image side)")
         if agreement not in AGREEMENTS:
             raise ValueError(f"transplant_any agreement={agreement!r}: use one of {list(AGREEMENTS)}")
+        if select not in SELECTS:
+            raise ValueError(f"transplant_any select={select!r}: use one of {list(SELECTS)}")
+        if select != "max" and any(c not in REMOVABLE for c in carriers):
+            raise ValueError(f"transplant_any select={select} needs carriers whose removal is defined, {list(REMOVABLE)}; "
+                             f"got {carriers}")
         if n_standardise < 8:
             raise ValueError(f"transplant_any n_standardise={n_standardise} must be >= 8")
         self.carriers, self.windows, self.grid = carriers, windows, int(grid)
         self.blend_alpha, self.sigma, self.n_standardise = float(blend_alpha), float(sigma), int(n_standardise)
-        self.agreement = agreement
+        self.agreement, self.select = agreement, select
         self.contrast = bool(highpass_contrast) and "highpass" in carriers
         self.copies = (len(carriers) + self.contrast) * self.n_hosts
         self.centre = self.spread = None  # per-carrier standardisation, set in fit
@@ -119,20 +127,44 @@ class TransplantAny(DeDeTransplant):
 
     @torch.no_grad()
     def agreements(self, images: torch.Tensor) -> torch.Tensor:
-        """Raw agreements ``(N, C)`` of each carrier's composites (before standardisation)."""
-        z = F.normalize(self.ctx.embed(images), dim=1) if "window" in self.carriers else None
-        return self.ctx.map_batches(images, self._agreement_batch, self.copies + self._occlusions,
+        """Raw agreements ``(N, C)`` of each carrier's composites (before standardisation); with
+        ``select="move"`` or ``"both"`` also, in ``C`` more columns, how far removing each carrier from the image
+        moves its own embedding."""
+        z = F.normalize(self.ctx.embed(images), dim=1) if self._needs_z else None
+        return self.ctx.map_batches(images, self._agreement_batch, self.copies + self._occlusions + self._removals,
                                     *(() if z is None else (z,)))
+
+    @property
+    def _needs_z(self) -> bool:
+        return "window" in self.carriers or self.select != "max"
 
     @property
     def _occlusions(self) -> int:
         return 0 if self.masks is None else len(self.masks)
 
+    @property
+    def _removals(self) -> int:
+        return sum(c != "window" for c in self.carriers) if self.select != "max" else 0
+
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> torch.Tensor:
-        return ((self.agreements(images) - self.centre) / self.spread).amax(1)
+        return self.combine((self.agreements(images) - self.centre) / self.spread)
 
-    def composites(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+    def combine(self, standardised: torch.Tensor) -> torch.Tensor:
+        """The score from the standardised ``(N, C)`` agreements (``max``: the largest), or from
+        ``(N, 2C)`` agreements and moves (both standardised on held-out clean images): ``move``, the
+        agreement of the carrier whose removal moves the image's own embedding most; ``both``, the
+        largest over carriers of the smaller of a carrier's agreement and move (a carrier counts
+        when the image's embedding depends on it *and* it collapses the hosts)."""
+        c = len(self.carriers)
+        if self.select == "max":
+            return standardised.amax(1)
+        if self.select == "both":
+            return torch.minimum(standardised[:, :c], standardised[:, c:]).amax(1)
+        pick = standardised[:, c:].argmax(1, keepdim=True)
+        return standardised[:, :c].gather(1, pick)[:, 0]
+
+    def composites(self, x: torch.Tensor, window: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, C, H, 3, S, S)``: each image's carriers in each host (not clamped: a clamp would make
         an additive carrier shrink the hosts' differences on its own)."""
         h = self.hosts[None]  # (1, H, 3, S, S)
@@ -141,7 +173,7 @@ class TransplantAny(DeDeTransplant):
         out = []
         for c in self.carriers:
             if c == "window":
-                m = self.masks[strongest_window(self.ctx.victim, x, z, self.masks).to(self.masks.device)][:, None]
+                m = self.masks[window.to(self.masks.device)][:, None]
                 out.append(h * (1 - m) + xs * m)
             elif c == "blend":
                 out.append(self.blend_alpha * xs + (1 - self.blend_alpha) * h)
@@ -153,9 +185,10 @@ class TransplantAny(DeDeTransplant):
             out.append(h - (xs - blur(xs, sigma)))
         return torch.stack(out, 1)
 
-    def embed_composites(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        """Raw victim embeddings ``(B, C, H, D)`` of every composite of a batch, in one victim call."""
-        comp = self.composites(x, z)
+    def embed_composites(self, x: torch.Tensor, window: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw victim embeddings ``(B, C, H, D)`` of every composite of a batch (``window``: each
+        image's strongest occlusion window, for the window carrier), in one victim call."""
+        comp = self.composites(x, window)
         return self.ctx.victim(comp.flatten(0, 2)).float().view(*comp.shape[:3], -1)
 
     def measure(self, emb: torch.Tensor) -> torch.Tensor:
@@ -176,7 +209,23 @@ class TransplantAny(DeDeTransplant):
         return torch.cdist(emb, emb)[..., iu[0], iu[1]].mean(-1)
 
     def _agreement_batch(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        return self.contrasted(self.measure(self.embed_composites(x, z)))
+        occ = occlusion_moves(self.ctx.victim, x, z, self.masks) if "window" in self.carriers else None
+        a = self.contrasted(self.measure(self.embed_composites(x, None if occ is None else occ.argmax(1))))
+        return a if self.select == "max" else torch.cat([a, self.moves(x, z, occ)], 1)
+
+    def moves(self, x: torch.Tensor, z: torch.Tensor, occ: torch.Tensor | None) -> torch.Tensor:
+        """``(B, C)``: 1 - cosine between each image's normalised embedding ``z`` and that of the image
+        without the carrier (window: the strongest occlusion; highpass: ``blur(x)``; lowpass: the
+        detail ``x - blur(x)`` on the image's mean colour); the non-window ones in one victim call."""
+        sigma = self.sigma * x.shape[-1]
+        rest = {"highpass": lambda: blur(x, sigma), "lowpass": lambda: x - blur(x, sigma) + x.mean((2, 3), keepdim=True)}
+        others = [c for c in self.carriers if c != "window"]
+        zr = {}
+        if others:
+            e = F.normalize(self.ctx.victim(torch.cat([rest[c]() for c in others])).float(), dim=1)
+            zr = dict(zip(others, e.view(len(others), len(x), -1)))
+        z = z.to(x.device).float()
+        return torch.stack([occ.amax(1) if c == "window" else 1 - (zr[c] * z).sum(-1) for c in self.carriers], 1)
 
     def contrasted(self, a: torch.Tensor) -> torch.Tensor:
         """``(B, C)`` from the measured ``(B, C [+ 1])``: with ``highpass_contrast``, the high-pass
