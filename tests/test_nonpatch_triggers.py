@@ -120,9 +120,16 @@ def test_generator_is_bounded_input_aware_and_round_trips_through_its_file(tmp_p
 
 # --- benign twins --------------------------------------------------------------------------
 
-def test_blend_twin_has_the_ratio_but_another_pattern_per_image():
+def test_blend_twin_has_the_ratio_but_another_picture_per_image():
+    """auto = another natural image at the trigger's ratio; blend = another pattern of its kind."""
     trig, x = BlendTrigger(alpha=0.2, kind="noise", seed=0), _images(8) * 0.5
-    b = benign_perturbation(trig, S)
+    nat = benign_perturbation(trig, S)(x)
+    assert benign_perturbation(trig, S).describe()["kind"] == "blend_natural"
+    assert torch.equal(nat, benign_perturbation(trig, S, "natural")(x))
+    partners = (nat - 0.8 * x) / 0.2
+    assert all(any(torch.allclose(partners[i], x[j], atol=1e-5) for j in range(len(x)) if j != i)
+               for i in range(len(x)))
+    b = benign_perturbation(trig, S, "blend")
     assert isinstance(b, BenignBlend) and b.alpha == 0.2 and b.describe()["kind"] == "blend_noise"
     y = b(x)
     pats = (y - 0.8 * x) / 0.2  # recover the blended pattern (no clamping: x <= 0.5)
@@ -130,13 +137,9 @@ def test_blend_twin_has_the_ratio_but_another_pattern_per_image():
     for i in range(len(x)):
         assert (pats[i] - trig.pattern(S)).abs().mean() > 0.2  # not the trigger's noise
     assert (pats[0] - pats[1]).abs().mean() > 0.2  # a pattern per image
-    assert torch.equal(y, benign_perturbation(trig, S)(x))  # seeded
-    assert not torch.equal(y, benign_perturbation(trig, S, seed=1)(x))
-    nat = benign_perturbation(trig, S, "natural")(x)
-    partners = (nat - 0.8 * x) / 0.2
-    assert all(any(torch.allclose(partners[i], x[j], atol=1e-5) for j in range(len(x)) if j != i)
-               for i in range(len(x)))
-    tex = benign_perturbation(BlendTrigger(kind="texture"), S)
+    assert torch.equal(y, benign_perturbation(trig, S, "blend")(x))  # seeded
+    assert not torch.equal(y, benign_perturbation(trig, S, "blend", seed=1)(x))
+    tex = benign_perturbation(BlendTrigger(kind="texture"), S, "blend")
     assert tex.describe()["kind"] == "blend_texture"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Callable
 
 import lightning as L
 import torch
@@ -15,6 +16,7 @@ from dede.attacks.common import fit_on, shadow_and_references
 from dede.attacks.losses import mean_cosine
 from dede.data.augment import light_augment
 from dede.triggers import Trigger
+from dede.triggers.benign import benign_perturbation
 from dede.victims.encoders import Victim
 
 
@@ -28,13 +30,21 @@ def freeze_batchnorm(module: nn.Module) -> None:
 
 
 class BadEncoderModule(L.LightningModule):
-    """``loss = L0 + lambda1 * L1 + lambda2 * L2`` on cosine similarities (see the reference)."""
+    """``loss = L0 + lambda1 * L1 + lambda2 * L2`` on cosine similarities (see the reference), plus
+    with ``noise_mode > 0`` WaNet's noise mode: ``noise_mode * L3``, L3 = -cos(f'(n(x)), f(n(x)))
+    for ``n = negatives(step)``, a fresh perturbation of the trigger's kind but not the trigger
+    (another pattern, another warp) each step, so that the backdoor learns this trigger and not
+    its kind. The draws' seeds start at 10**6, away from the evaluation's benign twins."""
 
     def __init__(self, victim: Victim, references: torch.Tensor, trigger: Trigger, lr: float = 1e-3,
                  momentum: float = 0.9, weight_decay: float = 5e-4, lambda1: float = 1.0,
-                 lambda2: float = 1.0) -> None:
+                 lambda2: float = 1.0, noise_mode: float = 0.0,
+                 negatives: Callable[[int], Trigger] | None = None) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["victim", "references", "trigger"])
+        if noise_mode < 0 or (noise_mode > 0 and negatives is None):
+            raise ValueError(f"attack.make.noise_mode={noise_mode} must be >= 0, and > 0 needs negatives")
+        self.save_hyperparameters(ignore=["victim", "references", "trigger", "negatives"])
+        self.negatives = negatives
         self.victim = victim  # f', trained
         self.clean = copy.deepcopy(victim).eval()  # f, frozen
         for p in self.clean.parameters():
@@ -48,11 +58,16 @@ class BadEncoderModule(L.LightningModule):
         freeze_batchnorm(self.victim)
         self.clean.eval()
 
+    def triggered(self, x: torch.Tensor) -> torch.Tensor:
+        """The triggered batch (a fixed trigger: no gradient)."""
+        with torch.no_grad():
+            return self.trigger(x)
+
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The triggered batch and the embeddings BadEncoder's terms compare."""
         refs = self.references
+        x_trig = self.triggered(x)
         with torch.no_grad():
-            x_trig = self.trigger(x)
             clean_x = self.clean(x)
             clean_r = self.clean(refs)
             aug_r = self.ref_augment(refs)
@@ -68,12 +83,20 @@ class BadEncoderModule(L.LightningModule):
         return {"l0": l0, "l1": l1, "l2": l2}
 
     def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.terms(self.features(x))
+        parts = self.terms(self.features(x))
+        if self.hparams.get("noise_mode", 0.0) > 0:
+            with torch.no_grad():
+                xn = self.negatives(10 ** 6 + int(self.global_step))(x)
+                clean_n = self.clean(xn)
+            parts["l3"] = -torch.nn.functional.cosine_similarity(self.victim(xn), clean_n, dim=1).mean()
+        return parts
 
     def training_step(self, batch, batch_idx):
         x = batch[0]
         parts = self.losses(x)
         loss = parts["l0"] + self.hparams.lambda1 * parts["l1"] + self.hparams.lambda2 * parts["l2"]
+        if "l3" in parts:
+            loss = loss + self.hparams.noise_mode * parts["l3"]
         self.log_dict({f"badencoder/{k}": v for k, v in parts.items()}, on_step=False, on_epoch=True, batch_size=len(x))
         self.log("badencoder/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(x))
         return loss
@@ -84,11 +107,24 @@ class BadEncoderModule(L.LightningModule):
                                weight_decay=self.hparams.weight_decay)
 
 
+def noise_mode_args(make: DictConfig, trigger: Trigger, image_size: int) -> dict:
+    """``noise_mode`` and its ``negatives`` from ``attack.make.noise_mode`` (weight, default 0) and
+    ``attack.make.noise_kind`` (a benign-twin kind of `dede.triggers.benign`, e.g. ``warp``, ``blend``)."""
+    weight = float(make.get("noise_mode", 0.0))
+    if weight == 0:
+        return {}
+    kind = str(make.get("noise_kind", "auto"))
+    benign_perturbation(trigger, image_size, kind, 0)  # a kind that does not fit the trigger fails here
+    return {"noise_mode": weight, "negatives": lambda seed: benign_perturbation(trigger, image_size, kind, seed)}
+
+
 def make_badencoder(cfg: DictConfig, victim: Victim, full: nn.Module, log_dir: Path) -> None:
     """Turn the (cached) clean victim into a BadEncoder victim in place (``attack.make``)."""
     m = cfg.attack.make
     shadow, refs = shadow_and_references(cfg, victim)
     L.seed_everything(cfg.seed, workers=True)
-    module = BadEncoderModule(victim, refs, instantiate(cfg.attack.trigger), lr=m.lr, momentum=m.momentum,
-                              weight_decay=m.weight_decay, lambda1=m.lambda1, lambda2=m.lambda2)
+    trigger = instantiate(cfg.attack.trigger)
+    module = BadEncoderModule(victim, refs, trigger, lr=m.lr, momentum=m.momentum,
+                              weight_decay=m.weight_decay, lambda1=m.lambda1, lambda2=m.lambda2,
+                              **noise_mode_args(m, trigger, int(cfg.data.image_size)))
     fit_on(cfg, module, (shadow.images,), m.batch_size, m.epochs, log_dir, "badencoder")
