@@ -176,9 +176,9 @@ def test_a_carrier_that_does_not_move_the_trigger_does_not_find_it():
     other carriers add over `transplant_occlusion`.)"""
     perturb, encoder = TRIGGERS["blend"]
     clean = smooth_images(40, 1)
-    window = fitted(encoder, carriers=["window"], windows=[[0.375, 0.375]])
+    window = fitted(encoder, carriers=["window"], windows=[[0.375, 0.375]], select="max")
     assert auroc(window.score(clean), window.score(perturb(clean, 0))) <= 0.7
-    both = fitted(encoder, carriers=["window", "blend"])
+    both = fitted(encoder, carriers=["window", "blend"], select="max")
     assert auroc(both.score(clean), both.score(perturb(clean, 0))) >= 0.99
 
 
@@ -186,7 +186,7 @@ def test_scores_are_standardised_on_the_held_out_images():
     det = fitted(pixels)
     cal = det.ctx.calibration.images
     z = (det.agreements(cal) - det.centre) / det.spread
-    assert torch.allclose(z.median(0).values, torch.zeros(len(det.carriers)), atol=1e-4)
+    assert torch.allclose(z.median(0).values, torch.zeros(2 * len(det.carriers)), atol=1e-4)  # agreements, moves
 
 
 @pytest.mark.parametrize("kwargs, match", [

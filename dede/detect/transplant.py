@@ -15,20 +15,23 @@ pattern, a warp, an optimised full-image perturbation) can be moved too:
 - ``lowpass``: ``blur(x) + (host - blur(host))``, the suspect's colours and shading with the host's
   detail (smooth colour or illumination triggers).
 
-Each carrier's agreement (mean pairwise cosine of the composites' embeddings) is standardised
-with the median and a robust spread of the same carrier's agreements on held-out auxiliary
-images (clean data, no trigger), and the score is the largest standardised agreement over the
-carriers: whichever carrier moves the trigger makes the image stand out. All composites of a
-batch go through the victim in one call.
+Each carrier's agreement (mean pairwise cosine of the composites' embeddings) and its *move*
+(how far removing the carrier from the suspect moves the suspect's own embedding: the strongest
+occlusion for the window, ``blur(x)`` for the detail, the detail alone for the colours) are
+standardised with the median and a robust spread of the same quantities on held-out auxiliary
+images (clean data, no trigger). ``select`` combines them per image:
 
-Measured on the small demo victims (seed 21, `scripts/transplant_carriers.py`; see
-docs/results/specific_detection.md): the window carrier finds BadEncoder's patch (AUROC 1.000,
-clean victim 0.507) but not the blended noise trigger (0.647); the high-pass carrier finds the
-blend (1.000) but also raises the white patch on the clean victim (0.798). ``agreement=
-"contraction"`` (distances instead of cosines, meant to cancel a merely shared additive part)
-fails on BadEncoder, whose target embedding has a large norm (window carrier AUROC 0.016), and
-``highpass_contrast`` (minus the sign-flipped detail's agreement) lost the blend (0.566): the
-blend backdoor also fires on the flipped pattern. Both stay available; neither is the default.
+- ``both`` (default): the largest over carriers of min(agreement, move). A carrier counts when the
+  image's embedding depends on it *and* it collapses the hosts: a backdoor's trigger does both; a
+  conspicuous but innocent detail (a white patch's sharp border on a clean encoder) pulls the
+  composites together without being what the image's embedding rests on.
+- ``move``: the agreement of the carrier whose removal moves the image most (a hard pick; wrong
+  when several removals break the trigger, e.g. both blurring and occluding a patch).
+- ``max``: the largest standardised agreement (no moves; the ``blend`` carrier needs it, since
+  a blend has no "rest" to remove). On the small demo victims (seed 21) the high-pass carrier
+  raised the white patch on the clean victim to AUROC 0.80 under ``max``.
+
+Measurements, with both controls and three seeds: docs/results/specific_detection.md.
 """
 from __future__ import annotations
 
@@ -62,14 +65,15 @@ class TransplantAny(DeDeTransplant):
     ``n_hosts`` clean auxiliary hosts (picked as in `DeDeTransplant`), ``windows`` (occlusion window
     shapes as ``[height, width]`` fractions of the image side, each on a ``grid`` x ``grid`` of
     overlapping places), ``blend_alpha``, ``sigma`` (blur, as a fraction of the image side),
-    ``n_standardise`` held-out auxiliary images for each carrier's median and spread.
-    Cost per image: ``grid**2 * len(windows)`` occlusion passes (only with ``window``) and
-    ``len(carriers) * n_hosts`` composite passes."""
+    ``n_standardise`` held-out auxiliary images for each carrier's median and spread, ``select``
+    (``both``, ``move``, ``max``: see the module docstring). Cost per image: ``grid**2 * len(windows)``
+    occlusion passes (only with ``window``), ``len(carriers) * n_hosts`` composite passes and, unless
+    ``select="max"``, one removal pass per carrier other than the window (default: 16 + 24 + 2)."""
 
-    def __init__(self, carriers: Sequence[str] = CARRIERS, n_hosts: int = 8,
+    def __init__(self, carriers: Sequence[str] = REMOVABLE, n_hosts: int = 8,
                  windows: Sequence[Sequence[float]] = ((0.375, 0.375),), grid: int = 4, blend_alpha: float = 0.5,
                  sigma: float = 1 / 16, n_standardise: int = 256, agreement: str = "cosine",
-                 highpass_contrast: bool = False, select: str = "max") -> None:
+                 highpass_contrast: bool = False, select: str = "both") -> None:
         super().__init__(n_hosts=n_hosts)
         carriers = list(carriers)
         bad = [c for c in carriers if c not in CARRIERS]
