@@ -201,16 +201,38 @@ def _toy_victim() -> ToyEncoder:
     return ToyEncoder()
 
 
-def _plant(trigger, steps: int = 150):
-    """BadEncoder's loss, Adam, a few dozen steps on synthetic shapes; returns the mean cosine to
-    the reference of held-out triggered and clean images, before and after, and of the clean
-    images to their own embeddings under the clean encoder."""
-    images, labels = make_synthetic(320, seed=0, image_size=T)
-    x = images.float().div(255)
+def toy_images(n: int = 320, seed: int = 0):
+    """Synthetic shapes at the toy size: (images in [0, 1], labels)."""
+    images, labels = make_synthetic(n, seed=seed, image_size=T)
+    return images.float().div(255), labels
+
+
+def plant_module(trigger, steps: int = 150, victim: nn.Module | None = None) -> BadEncoderModule:
+    """BadEncoder's three losses, Adam, ``steps`` batches of 32 of the first 256 synthetic shapes;
+    the reference is the first image of class 0. Returns the module (``victim``: backdoored,
+    ``clean``: the frozen start, ``victim`` or the untrained toy encoder)."""
+    x, labels = toy_images()
     refs = x[labels == 0][:1]
-    train, held = x[:256], x[256:][labels[256:] != 0]
-    module = BadEncoderModule(_toy_victim(), refs, trigger)
+    module = BadEncoderModule(victim if victim is not None else _toy_victim(), refs, trigger)
     opt = torch.optim.Adam(module.victim.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for _ in range(steps):
+        parts = module.losses(x[:256][torch.randint(0, 256, (32,))])
+        loss = parts["l0"] + parts["l1"] + parts["l2"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return module.eval()
+
+
+def _plant(trigger, steps: int = 150):
+    """`plant_module`; returns the mean cosine to the reference of held-out triggered and clean
+    images, before and after, and of the clean images to their own embeddings under the clean
+    encoder."""
+    x, labels = toy_images()
+    refs = x[labels == 0][:1]
+    held = x[256:][labels[256:] != 0]
+    module = BadEncoderModule(_toy_victim(), refs, trigger)
 
     def cosines():
         with torch.no_grad():
@@ -221,14 +243,7 @@ def _plant(trigger, steps: int = 150):
         return float(trig), float(clean), float(keep)
 
     before = cosines()
-    torch.manual_seed(0)
-    for step in range(steps):
-        batch = train[torch.randint(0, len(train), (32,))]
-        parts = module.losses(batch)
-        loss = parts["l0"] + parts["l1"] + parts["l2"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    module = plant_module(trigger, steps)
     return before, cosines()
 
 
