@@ -1,7 +1,7 @@
 """The cascade's detection and cost against its gate, from an evaluation's saved scores.
 
-    python scripts/cascade_tradeoff.py EVAL_DIR [--cheap dede] [--specific transplant_any]
-        [--quantiles 0.5,0.7,0.8,0.9,0.95]
+    python scripts/cascade_tradeoff.py EVAL_DIR [--cheap feature_norm] [--specific transplant_any]
+        [--quantiles 0.8,0.9,0.95,0.97]
 
 For each gate quantile (of the cheap score on the held-out auxiliary images, as the `cascade`
 detector sets it) it rebuilds the cascade's scores from the two parts' per-image scores in
@@ -44,9 +44,9 @@ def cascade_scores(cheap: dict, spec: dict, q: float) -> tuple[dict, dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("eval_dir", type=Path)
-    p.add_argument("--cheap", default="dede")
+    p.add_argument("--cheap", default="feature_norm")
     p.add_argument("--specific", default="transplant_any")
-    p.add_argument("--quantiles", default="0.5,0.7,0.8,0.9,0.95")
+    p.add_argument("--quantiles", default="0.8,0.9,0.95,0.97")
     p.add_argument("--cheap-from", type=Path, default=None,
                    help="another evaluation of the same run and images that holds the cheap detector's scores")
     a = p.parse_args()

@@ -30,13 +30,13 @@ def above_one(s: torch.Tensor) -> torch.Tensor:
 
 @register_detector("cascade", needs=("decoder",))
 class Cascade(Detector):
-    """``cheap`` (default ``dede``) on every image; ``specific`` (default ``transplant_any``) only on
+    """``cheap`` (default ``feature_norm``: one victim pass) on every image; ``specific`` (default ``transplant_any``) only on
     images whose cheap score exceeds the ``gate_quantile`` of the cheap score on the held-out
     auxiliary images. ``cheap_args`` / ``specific_args``: the parts' own settings (as under
     ``eval.detector_args.<name>``). ``calls`` / ``gated`` count the specific test's calls and
     images (for cost accounting)."""
 
-    def __init__(self, cheap: str = "dede", specific: str = "transplant_any", gate_quantile: float = 0.8,
+    def __init__(self, cheap: str = "feature_norm", specific: str = "transplant_any", gate_quantile: float = 0.95,
                  cheap_args: dict | None = None, specific_args: dict | None = None) -> None:
         if not 0 <= gate_quantile < 1:
             raise ValueError(f"cascade gate_quantile={gate_quantile} must be in [0, 1) "
