@@ -1,0 +1,132 @@
+"""A probe, not a detector: can a *warp reachability* score find a planted warp backdoor, where
+every transplant carrier fails (docs/results/specific_detection.md, "Planted toy encoders")?
+
+    python scripts/warp_reach_probe.py [--dmax 2,4,8] [--steps 30] [--lr 0.5]
+
+The idea: a warp cannot be cut out of an image and moved into another one, but a warp backdoor
+makes the target embedding *reachable by warping*. So for each suspect x, fit one smooth flow
+field (a ``k`` x ``k`` control grid, displacements bounded by ``dmax`` pixels through tanh) by
+Adam so that the warped clean hosts embed close to x's embedding. The score is the gain: the
+hosts' mean cosine to x after the fit minus before it. A clean suspect's embedding (its own
+content) should not be reachable by warping other images; a triggered one's (the backdoor's
+target) should be.
+
+It plants the toy warp of `tests/test_planted_transplant.py` (k 4, strength 8 on 16x16 toy
+images, BadEncoder's losses on the class-trained toy victim) twice: as the test does (300 steps),
+and with WaNet's noise mode (600 steps; random warps must keep their clean embeddings), which
+makes the backdoor answer this field and not any warp. It prints, per planting, how often
+triggered images and their benign twins (a random warp of the same strength) land next to the
+reference, and the score's AUROC against clean images, against the twins and on the clean victim.
+Hosts are 6 held-out clean toy images; 40 suspects of each kind; every seed fixed.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' toy encoders
+
+from dede.attacks.badencoder import BadEncoderModule  # noqa: E402
+from dede.detect.metrics import auroc  # noqa: E402
+from dede.triggers.benign import benign_perturbation  # noqa: E402
+from dede.triggers.warp import WarpTrigger  # noqa: E402
+from tests.test_nonpatch_triggers import T, toy_images  # noqa: E402
+from tests.test_planted_transplant import clean_victim  # noqa: E402
+
+
+def plant(trigger: WarpTrigger, steps: int, noise_mode: float) -> BadEncoderModule:
+    """BadEncoder's losses (Adam, batches of 32 of the first 256 toy images) on a copy of the
+    clean toy victim; with ``noise_mode`` > 0, plus WaNet's noise term on a fresh random warp per step."""
+    x, labels = toy_images()
+    module = BadEncoderModule(copy.deepcopy(clean_victim()), x[labels == 0][:1], trigger, noise_mode=noise_mode,
+                              negatives=lambda seed: benign_perturbation(trigger, T, "warp", seed))
+    opt = torch.optim.Adam(module.victim.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for step in range(steps):
+        xb = x[:256][torch.randint(0, 256, (32,))]
+        parts = module.terms(module.features(xb))
+        loss = parts["l0"] + parts["l1"] + parts["l2"]
+        if noise_mode > 0:
+            with torch.no_grad():
+                xn = module.negatives(10 ** 6 + step)(xb)
+                keep = module.clean(xn)
+            loss = loss - noise_mode * F.cosine_similarity(module.victim(xn), keep, dim=1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return module.eval()
+
+
+def warp_hosts(hosts: torch.Tensor, u: torch.Tensor, dmax: float) -> torch.Tensor:
+    """Every host (H, 3, S, S) under each suspect's field (B, 2, k, k) -> (B * H, 3, S, S)."""
+    b, n, s = u.shape[0], hosts.shape[0], hosts.shape[-1]
+    flow = F.interpolate(dmax * torch.tanh(u), size=(s, s), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
+    line = torch.linspace(-1, 1, s)
+    rows, cols = torch.meshgrid(line, line, indexing="ij")
+    grid = torch.stack((cols, rows), -1)[None] + flow * 2 / (s - 1)  # pixels -> grid_sample's [-1, 1]
+    grid = grid[:, None].expand(b, n, s, s, 2).reshape(b * n, s, s, 2)
+    x = hosts[None].expand(b, -1, -1, -1, -1).reshape(b * n, 3, s, s)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def reach_gain(encoder, x: torch.Tensor, hosts: torch.Tensor, dmax: float, steps: int, lr: float,
+               k: int = 4) -> torch.Tensor:
+    """Per suspect: the hosts' mean cosine to its embedding after fitting one field, minus before."""
+    encoder = copy.deepcopy(encoder).requires_grad_(False)
+    with torch.no_grad():
+        z = F.normalize(encoder(x), dim=1)
+        before = (F.normalize(encoder(hosts), dim=1) @ z.T).mean(0)
+    u = (0.1 * torch.randn(len(x), 2, k, k, generator=torch.Generator().manual_seed(0))).requires_grad_(True)
+    opt = torch.optim.Adam([u], lr=lr)
+
+    def cosines() -> torch.Tensor:
+        e = F.normalize(encoder(warp_hosts(hosts, u, dmax)), dim=1).view(len(x), len(hosts), -1)
+        return (e * z[:, None]).sum(-1).mean(1)
+
+    for _ in range(steps):
+        loss = -cosines().sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return cosines() - before
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dmax", default="2,4,8", help="largest displacement in pixels (comma-separated)")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--lr", type=float, default=0.5)
+    a = p.parse_args()
+    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    trigger = WarpTrigger(k=4, strength=8.0, seed=0)
+    x, labels = toy_images()
+    clean = x[256:][labels[256:] != 0][:40]
+    sets = {"clean": clean, "triggered": trigger(clean), "benign twin": benign_perturbation(trigger, T)(clean)}
+    hosts = toy_images(480, seed=1)[0][:6]
+    print("| planting | dmax | AUROC | vs benign | clean victim |\n|---|---|---|---|---|")
+    notes = []
+    for name, steps, nm in (("BadEncoder, 300 steps", 300, 0.0), ("noise mode 1, 600 steps", 600, 1.0)):
+        module = plant(trigger, steps, nm)
+        with torch.no_grad():
+            ref = F.normalize(module.victim(module.references), dim=1)
+            fire = {s: float(((F.normalize(module.victim(v), dim=1) @ ref.T) > 0.8).float().mean())
+                    for s, v in sets.items()}
+        notes.append(f"{name}: share at cosine > 0.8 to the reference: "
+                     + ", ".join(f"{s} {f:.2f}" for s, f in fire.items()))
+        for d in (float(v) for v in a.dmax.split(",")):
+            g = {(e, s): reach_gain(enc, v, hosts, d, a.steps, a.lr)
+                 for e, enc in (("bd", module.victim), ("cl", module.clean)) for s, v in sets.items()}
+            print(f"| {name} | {d:g} | {auroc(g['bd', 'clean'], g['bd', 'triggered']):.3f} "
+                  f"| {auroc(g['bd', 'benign twin'], g['bd', 'triggered']):.3f} "
+                  f"| {auroc(g['cl', 'clean'], g['cl', 'triggered']):.3f} |")
+    print("\n" + "\n".join(notes))
+
+
+if __name__ == "__main__":
+    main()
