@@ -47,8 +47,9 @@ def evaluate(run: Path, e, sets: dict[str, torch.Tensor] | None, args) -> tuple[
     if sets is None:
         test, trig, benign, _ = test_sets(loaded.cfg, e, ctx.trigger)
         sets = {"clean": test.images, "triggered": trig.images, "benign": benign.images}
-    det = TransplantAny(n_hosts=args.n_hosts, windows=args.windows, sigma=args.sigma, blend_alpha=args.alpha,
-                        highpass_contrast=True)
+    # all four carriers in CARRIERS order (the columns below rely on it), agreements only
+    det = TransplantAny(carriers=CARRIERS, n_hosts=args.n_hosts, windows=args.windows, sigma=args.sigma,
+                        blend_alpha=args.alpha, highpass_contrast=True, select="max")
     det.n_standardise = args.n_standardise
     # hosts as the detector picks them; standardisation per measure below
     super(TransplantAny, det).fit(ctx)
