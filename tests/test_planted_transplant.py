@@ -80,9 +80,9 @@ def test_transplant_any_separates_each_planted_trigger_and_only_on_the_backdoore
     assert r["clean_victim"] <= 0.65, r
 
 
-@pytest.mark.xfail(strict=True, reason="known failure: a planted warp is robust to every removal, so "
-                   "select=both's move gate scores it like a clean image (AUROC 0.42; select=max "
-                   "with four carriers: 0.63); "
+@pytest.mark.xfail(strict=True, reason="known failure: a warp of the suspect's own edges does not survive being "
+                   "moved into other images (AUROC 0.75 at the default agreement=suspect, select=max; "
+                   "0.42 with the earlier cosine agreement and select=both); "
                    "docs/results/specific_detection.md")
 def test_transplant_any_separates_a_planted_warp():
     r = separation("warp")

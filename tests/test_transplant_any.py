@@ -117,7 +117,7 @@ def test_toy_backdoors_fire_on_their_trigger_only():
         assert not (encoder(perturb(clean, 5)) == TARGET).all(1).any()
 
 
-@pytest.mark.parametrize("agreement", ["cosine", "contraction"])
+@pytest.mark.parametrize("agreement", ["suspect", "cosine", "contraction"])
 @pytest.mark.parametrize("kind", ["blend", "warp"])
 def test_full_image_triggers_are_separated_only_where_they_are_a_backdoor(kind, agreement):
     perturb, encoder = TRIGGERS[kind]
@@ -141,12 +141,12 @@ def test_a_carrier_that_both_moves_the_image_and_collapses_the_hosts_separates_e
     perturb, encoder = TRIGGERS[kind]
     clean = smooth_images(40, 1)
     trig, benign = perturb(clean, 0), perturb(clean, 5)
-    det = fitted(encoder, carriers=["window", "highpass", "lowpass"], select="both")
+    det = fitted(encoder, carriers=["window", "highpass", "lowpass"], select="both", agreement="cosine")
     s_trig = det.score(trig)
     assert auroc(det.score(clean), s_trig) >= 0.99
     assert auroc(det.score(benign), s_trig) >= 0.99
     if kind != "patch":
-        control = fitted(pixels, carriers=["window", "highpass", "lowpass"], select="both")
+        control = fitted(pixels, carriers=["window", "highpass", "lowpass"], select="both", agreement="cosine")
         assert auroc(control.score(clean), control.score(trig)) <= 0.65
 
 
@@ -156,7 +156,8 @@ def test_picking_by_move_alone_is_fragile_when_several_removals_break_the_trigge
     which does not move the patch's colour, is picked for some images. Why ``both`` exists."""
     perturb, encoder = TRIGGERS["patch"]
     clean = smooth_images(40, 1)
-    scores = {sel: fitted(encoder, carriers=["window", "highpass", "lowpass"], select=sel) for sel in ("move", "both")}
+    scores = {sel: fitted(encoder, carriers=["window", "highpass", "lowpass"], select=sel, agreement="cosine")
+              for sel in ("move", "both")}
     vs_benign = {sel: auroc(d.score(perturb(clean, 5)), d.score(perturb(clean, 0))) for sel, d in scores.items()}
     assert vs_benign["both"] >= 0.99 > vs_benign["move"]
 
@@ -182,11 +183,32 @@ def test_a_carrier_that_does_not_move_the_trigger_does_not_find_it():
     assert auroc(both.score(clean), both.score(perturb(clean, 0))) >= 0.99
 
 
-def test_scores_are_standardised_on_the_held_out_images():
-    det = fitted(pixels)
+@pytest.mark.parametrize("select, columns", [("max", 1), ("both", 2)])
+def test_scores_are_standardised_on_the_held_out_images(select, columns):
+    det = fitted(pixels, select=select)
     cal = det.ctx.calibration.images
     z = (det.agreements(cal) - det.centre) / det.spread
-    assert torch.allclose(z.median(0).values, torch.zeros(2 * len(det.carriers)), atol=1e-4)  # agreements, moves
+    # agreements, and with select=both the moves too
+    assert torch.allclose(z.median(0).values, torch.zeros(columns * len(det.carriers)), atol=1e-4)
+
+
+def test_suspect_agreement_needs_the_composites_on_the_suspect_not_just_together():
+    """Composites that agree with each other at a point away from the suspect (a conspicuous
+    carrier on a clean encoder) score high on ``cosine`` and low on ``suspect``; composites that
+    land on the suspect (a backdoor's target, where its triggered suspect already is) score high
+    on both."""
+    det = TransplantAny()
+    d = 8
+    z = F.normalize(torch.eye(d)[:2], dim=1)  # two suspects
+    elsewhere = torch.eye(d)[5].expand(1, 1, 4, d)  # four composites together, orthogonal to z
+    on_suspect = z[1].expand(1, 1, 4, d)
+    emb = torch.cat([elsewhere, on_suspect])  # (B=2, C=1, H=4, D)
+    det.agreement, det.n_hosts = "cosine", 4
+    assert det.measure(emb, z).tolist() == [[1.0], [1.0]]
+    det.agreement = "suspect"
+    assert det.measure(emb, z).tolist() == [[0.0], [1.0]]
+    with pytest.raises(ValueError, match="suspect"):
+        det.measure(emb)
 
 
 @pytest.mark.parametrize("kwargs, match", [

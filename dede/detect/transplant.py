@@ -15,21 +15,32 @@ pattern, a warp, an optimised full-image perturbation) can be moved too:
 - ``lowpass``: ``blur(x) + (host - blur(host))``, the suspect's colours and shading with the host's
   detail (smooth colour or illumination triggers).
 
-Each carrier's agreement (mean pairwise cosine of the composites' embeddings) and its *move*
-(how far removing the carrier from the suspect moves the suspect's own embedding: the strongest
+Each carrier's agreement and, for ``select`` ``both`` and ``move``, its *move* (how far removing the carrier from the suspect moves the suspect's own embedding: the strongest
 occlusion for the window, ``blur(x)`` for the detail, the detail alone for the colours) are
 standardised with the median and a robust spread of the same quantities on held-out auxiliary
-images (clean data, no trigger). ``select`` combines them per image:
+images (clean data, no trigger). ``agreement``:
 
-- ``both`` (default): the largest over carriers of min(agreement, move). A carrier counts when the
+- ``suspect`` (default): the mean cosine of the composites' embeddings with the suspect's own
+  embedding. A backdoor sends the composites to its target, where the triggered suspect already
+  is; a merely conspicuous carrier on a clean encoder (a white patch's sharp border) pulls the
+  composites together, but not onto the suspect, whose clean embedding rests on its content.
+- ``cosine``: the mean pairwise cosine of the composites (the default until this measure was
+  compared with it on a development seed's victims; see docs/results/specific_detection.md);
+- ``contraction``: 1 - their mean pairwise distance over that of the hosts.
+
+``select`` combines the carriers per image:
+
+- ``max`` (default): the largest standardised agreement.
+- ``both``: the largest over carriers of min(agreement, move). A carrier counts when the
   image's embedding depends on it *and* it collapses the hosts: a backdoor's trigger does both; a
   conspicuous but innocent detail (a white patch's sharp border on a clean encoder) pulls the
   composites together without being what the image's embedding rests on.
 - ``move``: the agreement of the carrier whose removal moves the image most (a hard pick; wrong
   when several removals break the trigger, e.g. both blurring and occluding a patch).
-- ``max``: the largest standardised agreement (no moves; the ``blend`` carrier needs it, since
-  a blend has no "rest" to remove). On the small demo victims (seed 21) the high-pass carrier
-  raised the white patch on the clean victim to AUROC 0.80 under ``max``.
+  (With the ``cosine`` agreement, ``max`` let the high-pass carrier raise the white patch on the
+  small demo victims' clean victim to AUROC 0.80; with ``suspect``, ``max`` kept the patch's
+  clean-victim AUROC at 0.58-0.65 on the full-size victims. ``max`` is the only selection the
+  ``blend`` carrier allows, since a blend has no "rest" to remove; it needs no removal passes.)
 
 Measurements, with both controls and three seeds: docs/results/specific_detection.md.
 """
@@ -46,7 +57,7 @@ from dede.detect.detectors import DeDeTransplant, occlusion_masks, occlusion_mov
 from dede.detect.literature import _blur_matrix
 
 CARRIERS = ("window", "blend", "highpass", "lowpass")
-AGREEMENTS = ("cosine", "contraction")
+AGREEMENTS = ("suspect", "cosine", "contraction")
 SELECTS = ("max", "move", "both")
 # carriers whose removal from the suspect is defined (select="move"); a blend has no "rest"
 REMOVABLE = ("window", "highpass", "lowpass")
@@ -72,8 +83,8 @@ class TransplantAny(DeDeTransplant):
 
     def __init__(self, carriers: Sequence[str] = REMOVABLE, n_hosts: int = 8,
                  windows: Sequence[Sequence[float]] = ((0.375, 0.375),), grid: int = 4, blend_alpha: float = 0.5,
-                 sigma: float = 1 / 16, n_standardise: int = 256, agreement: str = "cosine",
-                 highpass_contrast: bool = False, select: str = "both") -> None:
+                 sigma: float = 1 / 16, n_standardise: int = 256, agreement: str = "suspect",
+                 highpass_contrast: bool = False, select: str = "max") -> None:
         super().__init__(n_hosts=n_hosts)
         carriers = list(carriers)
         bad = [c for c in carriers if c not in CARRIERS]
@@ -140,7 +151,7 @@ class TransplantAny(DeDeTransplant):
 
     @property
     def _needs_z(self) -> bool:
-        return "window" in self.carriers or self.select != "max"
+        return "window" in self.carriers or self.select != "max" or self.agreement == "suspect"
 
     @property
     def _occlusions(self) -> int:
@@ -195,12 +206,17 @@ class TransplantAny(DeDeTransplant):
         comp = self.composites(x, window)
         return self.ctx.victim(comp.flatten(0, 2)).float().view(*comp.shape[:3], -1)
 
-    def measure(self, emb: torch.Tensor) -> torch.Tensor:
+    def measure(self, emb: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, C)`` agreement of each carrier's composites from their raw embeddings ``(B, C, H, D)``:
+        ``suspect``, their mean cosine with the suspect's own normalised embedding ``z`` ``(B, D)``;
         ``cosine``, the mean pairwise cosine; ``contraction``, 1 - their mean pairwise distance over
         that of the hosts' own embeddings (a shared additive part leaves distances unchanged, a
         collapse onto one point takes them to 0)."""
         b, c, n, _ = emb.shape
+        if self.agreement == "suspect":
+            if z is None:
+                raise ValueError("agreement='suspect' needs the suspects' own embeddings")
+            return (F.normalize(emb, dim=-1) * z.to(emb.device).float()[:, None, None]).sum(-1).mean(-1)
         if self.agreement == "cosine":
             return self._agreement(F.normalize(emb, dim=-1).flatten(0, 1)).view(b, c)
         return 1 - self.pairwise_distance(emb) / self.host_spread
@@ -214,7 +230,7 @@ class TransplantAny(DeDeTransplant):
 
     def _agreement_batch(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         occ = occlusion_moves(self.ctx.victim, x, z, self.masks) if "window" in self.carriers else None
-        a = self.contrasted(self.measure(self.embed_composites(x, None if occ is None else occ.argmax(1))))
+        a = self.contrasted(self.measure(self.embed_composites(x, None if occ is None else occ.argmax(1)), z))
         return a if self.select == "max" else torch.cat([a, self.moves(x, z, occ)], 1)
 
     def moves(self, x: torch.Tensor, z: torch.Tensor, occ: torch.Tensor | None) -> torch.Tensor:
