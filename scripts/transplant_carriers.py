@@ -1,5 +1,5 @@
-"""Per-carrier detection of `transplant_any` on a trained run and its clean control, for both
-agreement measures, from one victim pass per composite.
+"""Per-carrier detection of `transplant_any` on a trained run and its clean control, for every
+agreement measure, from one victim pass per composite.
 
     python scripts/transplant_carriers.py RUN CONTROL_RUN [--n-test 500] [--out carriers.json]
 
@@ -37,7 +37,7 @@ def raw(det: TransplantAny, images: torch.Tensor) -> dict[str, torch.Tensor]:
         emb = det.embed_composites(x, window)
         for m in AGREEMENTS:
             det.agreement = m
-            out[m].append(det.measure(emb).cpu())
+            out[m].append(det.measure(emb, z[i:i + step].to(ctx.device)).cpu())
     return {m: torch.cat(v) for m, v in out.items()}
 
 

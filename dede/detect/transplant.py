@@ -15,8 +15,9 @@ pattern, a warp, an optimised full-image perturbation) can be moved too:
 - ``lowpass``: ``blur(x) + (host - blur(host))``, the suspect's colours and shading with the host's
   detail (smooth colour or illumination triggers).
 
-Each carrier's agreement and, for ``select`` ``both`` and ``move``, its *move* (how far removing the carrier from the suspect moves the suspect's own embedding: the strongest
-occlusion for the window, ``blur(x)`` for the detail, the detail alone for the colours) are
+Each carrier's agreement and, for ``select`` ``both`` and ``move``, its *move* (how far removing
+the carrier from the suspect moves the suspect's own embedding: the strongest occlusion for the
+window, ``blur(x)`` for the detail, the detail alone for the colours) are
 standardised with the median and a robust spread of the same quantities on held-out auxiliary
 images (clean data, no trigger). ``agreement``:
 
