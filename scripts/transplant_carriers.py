@@ -54,17 +54,12 @@ def evaluate(run: Path, e, sets: dict[str, torch.Tensor] | None, args) -> tuple[
     # hosts as the detector picks them; standardisation per measure below
     super(TransplantAny, det).fit(ctx)
     det.standardise(ctx)
-    g = torch.Generator().manual_seed(int(ctx.seed) + 1)
-    cal = ctx.calibration.images[torch.randperm(len(ctx.calibration.images), generator=g)[: args.n_standardise]]
-    res = {k: raw(det, v) for k, v in {"calibration": cal, **sets}.items()}
+    res = {k: raw(det, v) for k, v in {"calibration": det.held_out(ctx), **sets}.items()}
     return res, sets
 
 
 def standardised(r: dict, measure: str, carriers: list[int]) -> dict[str, torch.Tensor]:
-    cal = r["calibration"][measure][:, carriers]
-    centre = cal.median(0).values
-    q = torch.quantile(cal, torch.tensor([0.25, 0.75]), dim=0)
-    spread = ((q[1] - q[0]) / 1.349).clamp_min(1e-6)
+    centre, spread = TransplantAny.robust_scale(r["calibration"][measure][:, carriers])
     return {k: ((v[measure][:, carriers] - centre) / spread).amax(1) for k, v in r.items()}
 
 

@@ -37,7 +37,8 @@ MEASURES = ("agree", "suspect", "move")
 
 @torch.no_grad()
 def measure(det: TransplantAny, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``{measure: (N, C)}`` raw values for the carriers of ``det``."""
+    """``{measure: (N, C)}`` raw values for the carriers of ``det``: the detector's own ``measure``
+    for ``agree`` (``cosine``) and ``suspect``, its ``moves`` for ``move``."""
     ctx = det.ctx
     z = F.normalize(ctx.embed(images), dim=1)
     out = {m: [] for m in MEASURES}
@@ -46,10 +47,10 @@ def measure(det: TransplantAny, images: torch.Tensor) -> dict[str, torch.Tensor]
         x = images[i:i + step].float().div(255).to(ctx.device)
         zb = z[i:i + step].to(ctx.device).float()
         occ = occlusion_moves(ctx.victim, x, zb, det.masks)
-        emb = F.normalize(det.embed_composites(x, occ.argmax(1)), dim=-1)  # (B, C, H, D)
-        b, c, h, _ = emb.shape
-        out["agree"].append(det._agreement(emb.flatten(0, 1)).view(b, c).cpu())
-        out["suspect"].append((emb * zb[:, None, None]).sum(-1).mean(-1).cpu())
+        emb = det.embed_composites(x, occ.argmax(1))  # (B, C, H, D)
+        for name, agreement in (("agree", "cosine"), ("suspect", "suspect")):
+            det.agreement = agreement
+            out[name].append(det.measure(emb, zb).cpu())
         out["move"].append(det.moves(x, zb, occ).cpu())
     return {m: torch.cat(v) for m, v in out.items()}
 
@@ -62,19 +63,14 @@ def collect(run: Path, e, sets: dict | None, args) -> tuple[dict, dict]:
         sets = {"clean": test.images, "triggered": trig.images, "benign": benign.images}
     det = TransplantAny(carriers=REMOVABLE, n_hosts=args.n_hosts, windows=args.windows, sigma=args.sigma,
                         select="both", n_standardise=args.n_standardise)
-    det.fit(ctx)  # hosts, windows, the same held-out images as the detector
-    g = torch.Generator().manual_seed(int(ctx.seed) + 1)
-    cal = ctx.calibration.images[torch.randperm(len(ctx.calibration.images), generator=g)[: args.n_standardise]]
-    return {k: measure(det, v) for k, v in {"calibration": cal, **sets}.items()}, sets
+    det.fit(ctx)  # hosts and windows; the measures below are standardised on the same held-out images
+    return {k: measure(det, v) for k, v in {"calibration": det.held_out(ctx), **sets}.items()}, sets
 
 
 def standardise(r: dict) -> dict[str, dict[str, torch.Tensor]]:
     out = {k: {} for k in r}
     for m in MEASURES:
-        cal = r["calibration"][m]
-        centre = cal.median(0).values
-        q = torch.quantile(cal, torch.tensor([0.25, 0.75]), dim=0)
-        spread = ((q[1] - q[0]) / 1.349).clamp_min(1e-6)
+        centre, spread = TransplantAny.robust_scale(r["calibration"][m])
         for k in r:
             out[k][m] = (r[k][m] - centre) / spread
     return out

@@ -129,17 +129,25 @@ class TransplantAny(DeDeTransplant):
         self.masks = occlusion_masks(s, self.windows, self.grid, ctx.device) if "window" in self.carriers else None
         with torch.no_grad():
             self.host_spread = float(self.pairwise_distance(ctx.victim(self.hosts).float()))
+        self.centre, self.spread = self.robust_scale(self.agreements(self.held_out(ctx)))
+        return self
+
+    def held_out(self, ctx: EvalContext) -> torch.Tensor:
+        """The ``n_standardise`` held-out auxiliary images (uint8) the standardisation measures, a
+        fixed draw per seed."""
         cal = ctx.calibration.images
         g = torch.Generator().manual_seed(int(ctx.seed) + 1)
         pick = torch.randperm(len(cal), generator=g)[: self.n_standardise]
         if len(pick) < 8:
             raise ValueError(f"transplant_any needs >= 8 held-out auxiliary images to standardise, got {len(pick)}; "
                              "raise data.val_fraction")
-        raw = self.agreements(cal[pick])
-        self.centre = raw.median(0).values
-        q = torch.quantile(raw, torch.tensor([0.25, 0.75]), dim=0)
-        self.spread = ((q[1] - q[0]) / 1.349).clamp_min(1e-6)
-        return self
+        return cal[pick]
+
+    @staticmethod
+    def robust_scale(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-column median and robust spread (interquartile range / 1.349) of ``(N, C)``."""
+        q = torch.quantile(raw, torch.tensor([0.25, 0.75], dtype=raw.dtype, device=raw.device), dim=0)
+        return raw.median(0).values, ((q[1] - q[0]) / 1.349).clamp_min(1e-6)
 
     @torch.no_grad()
     def agreements(self, images: torch.Tensor) -> torch.Tensor:
