@@ -19,6 +19,12 @@ triggered images and their benign twins (a random warp of the same strength) lan
 reference, and the score's AUROC against clean images, against the twins and on the clean victim.
 Hosts are 6 held-out clean toy images; 40 suspects of each kind; every seed fixed.
 
+With ``--run RUN --control CONTROL_RUN`` it scores, instead of the toy plantings, the first
+``--n-suspects`` clean test images, their triggered copies and their benign twins on a trained
+run's victim and on its clean control's (hosts: 6 held-out auxiliary images of the run):
+
+    python scripts/warp_reach_probe.py --run logs/full/warp_21 --control logs/full/clean_21 --dmax 2,4
+
 With ``--rewarp`` it prints instead a cheaper *removal* score for the same plantings: 1 - the mean
 cosine of the suspect's embedding with those of 4 randomly re-warped copies of it (strengths
 2, 4, 8, 16; no fit, 4 passes per image). A specific warp backdoor should stop firing when the
@@ -112,14 +118,51 @@ def rewarp_move(encoder, x: torch.Tensor, strength: float, n: int = 4, k: int = 
     return 1 - torch.stack(cos, 1).mean(1)
 
 
+def gains(encoder, x: torch.Tensor, hosts: torch.Tensor, dmax: float, steps: int, lr: float,
+          chunk: int = 50) -> torch.Tensor:
+    """``reach_gain`` over ``x`` in chunks (each suspect's field is fitted on its own)."""
+    return torch.cat([reach_gain(encoder, x[i:i + chunk], hosts, dmax, steps, lr) for i in range(0, len(x), chunk)])
+
+
+def full_size(a) -> None:
+    """The reachability score on a trained run's victim and its clean control's."""
+    from omegaconf import OmegaConf
+
+    from dede.pipeline.evaluate import load_run, test_sets
+    e = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "eval" / "default.yaml")
+    e.n_test, e.batch_size, e.device = a.n_test, 128, "cpu"
+    loaded = load_run(a.run, e, torch.device("cpu"))
+    ctx = loaded.ctx
+    test, trig, benign, _ = test_sets(loaded.cfg, e, ctx.trigger)
+    n = a.n_suspects
+    sets = {k: v.images[:n].float().div(255) for k, v in (("clean", test), ("triggered", trig), ("benign twin", benign))}
+    hosts = ctx.calibration.images[:6].float().div(255)
+    control = load_run(a.control, e, torch.device("cpu")).ctx.victim
+    print(f"| run | dmax | AUROC | vs benign | clean victim |\n|---|---|---|---|---|")
+    for d in (float(v) for v in a.dmax.split(",")):
+        g = {(e_, s): gains(enc, v, hosts, d, a.steps, a.lr)
+             for e_, enc in (("bd", ctx.victim), ("cl", control)) for s, v in sets.items()}
+        print(f"| {a.run.name} | {d:g} | {auroc(g['bd', 'clean'], g['bd', 'triggered']):.3f} "
+              f"| {auroc(g['bd', 'benign twin'], g['bd', 'triggered']):.3f} "
+              f"| {auroc(g['cl', 'clean'], g['cl', 'triggered']):.3f} |", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dmax", default="2,4,8", help="largest displacement in pixels (comma-separated)")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--lr", type=float, default=0.5)
     p.add_argument("--rewarp", action="store_true", help="the re-warp removal score instead of reachability")
+    p.add_argument("--run", type=Path, default=None, help="a trained run instead of the toy plantings")
+    p.add_argument("--control", type=Path, default=None, help="its clean control run (with --run)")
+    p.add_argument("--n-test", type=int, default=300, help="test images loaded (with --run)")
+    p.add_argument("--n-suspects", type=int, default=100, help="suspects of each kind (with --run)")
     a = p.parse_args()
     torch.set_num_threads(min(torch.get_num_threads(), 2))
+    if (a.run is None) != (a.control is None):
+        p.error("--run and --control go together")
+    if a.run is not None:
+        return full_size(a)
     trigger = WarpTrigger(k=4, strength=8.0, seed=0)
     x, labels = toy_images()
     clean = x[256:][labels[256:] != 0][:40]
