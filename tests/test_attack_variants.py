@@ -65,6 +65,16 @@ def test_noise_mode_adds_its_term_and_changes_the_victim():
         BadEncoderModule(victim(), refs, trig, noise_mode=1.0)
 
 
+def test_the_warp_preset_plants_with_noise_mode_against_random_warps_of_its_own_k_and_strength():
+    cfg = compose_train(["experiment=demo", "attack=warp"])
+    trig = WarpTrigger(k=int(cfg.attack.trigger.k), strength=float(cfg.attack.trigger.strength))
+    args = noise_mode_args(cfg.attack.make, trig, int(cfg.data.image_size))
+    assert args["noise_mode"] == 0.5 and int(cfg.attack.make.epochs) == 100
+    twin = args["negatives"](10 ** 6)
+    assert (type(twin).__name__, twin.k, twin.strength) == ("BenignWarp", trig.k, trig.strength)
+    assert noise_mode_args(compose_train(["attack=warp", "data=cifar10"]).attack.make, trig, 32) == {}
+
+
 # --------------------------------------------------------------------------- joint generator
 def test_the_joint_module_trains_the_generator_with_the_victim():
     images, refs = data()
