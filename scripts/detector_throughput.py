@@ -17,11 +17,10 @@ import json
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from dede.detect.base import build_detector
 from dede.detect.harness import ImageSets, run_detector
-from dede.pipeline.evaluate import load_run, test_sets
+from dede.pipeline.evaluate import default_eval_config, load_run, test_sets
 
 
 def main() -> None:
@@ -32,8 +31,7 @@ def main() -> None:
     p.add_argument("--detectors", default="dede,transplant_any,cascade")
     p.add_argument("--args", type=json.loads, default={}, help="per-detector settings, as eval.detector_args")
     a = p.parse_args()
-    e = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "eval" / "default.yaml")
-    e.n_test, e.batch_size, e.device = a.n, 128, "cpu"
+    e = default_eval_config(a.n)
     loaded = load_run(a.run, e, torch.device("cpu"))
     ctx = loaded.ctx
     test, trig, _, _ = test_sets(loaded.cfg, e, ctx.trigger)

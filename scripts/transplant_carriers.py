@@ -16,12 +16,11 @@ import json
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from dede.detect.detectors import occlusion_moves
 from dede.detect.metrics import auroc
 from dede.detect.transplant import AGREEMENTS, CARRIERS, TransplantAny
-from dede.pipeline.evaluate import load_run, test_sets
+from dede.pipeline.evaluate import default_eval_config, load_run, test_sets
 
 
 @torch.no_grad()
@@ -51,9 +50,7 @@ def evaluate(run: Path, e, sets: dict[str, torch.Tensor] | None, args) -> tuple[
     det = TransplantAny(carriers=CARRIERS, n_hosts=args.n_hosts, windows=args.windows, sigma=args.sigma,
                         blend_alpha=args.alpha, highpass_contrast=True, select="max")
     det.n_standardise = args.n_standardise
-    # hosts as the detector picks them; standardisation per measure below
-    super(TransplantAny, det).fit(ctx)
-    det.standardise(ctx)
+    det.fit(ctx, standardise=False)  # hosts as the detector picks them; standardisation per measure below
     res = {k: raw(det, v) for k, v in {"calibration": det.held_out(ctx), **sets}.items()}
     return res, sets
 
@@ -75,8 +72,7 @@ def main() -> None:
     p.add_argument("--windows", type=json.loads, default=[[0.375, 0.375]])
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
-    e = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "eval" / "default.yaml")
-    e.n_test, e.batch_size, e.device = args.n_test, 128, "cpu"
+    e = default_eval_config(args.n_test)
     main_r, sets = evaluate(args.run, e, None, args)
     ctrl_r, _ = evaluate(args.control, e, {"clean": sets["clean"], "triggered": sets["triggered"]}, args)
     for r in (main_r, ctrl_r):  # a fifth column: the high-pass agreement minus its sign-flipped one

@@ -25,12 +25,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 from dede.detect.detectors import occlusion_moves
 from dede.detect.metrics import auroc
 from dede.detect.transplant import REMOVABLE, TransplantAny
-from dede.pipeline.evaluate import load_run, test_sets
+from dede.pipeline.evaluate import default_eval_config, load_run, test_sets
 
 MEASURES = ("agree", "suspect", "move")
 
@@ -63,7 +62,7 @@ def collect(run: Path, e, sets: dict | None, args) -> tuple[dict, dict]:
         sets = {"clean": test.images, "triggered": trig.images, "benign": benign.images}
     det = TransplantAny(carriers=REMOVABLE, n_hosts=args.n_hosts, windows=args.windows, sigma=args.sigma,
                         select="both", n_standardise=args.n_standardise)
-    det.fit(ctx)  # hosts and windows; the measures below are standardised on the same held-out images
+    det.fit(ctx, standardise=False)  # hosts and windows; the measures below are standardised on its held-out images
     return {k: measure(det, v) for k, v in {"calibration": det.held_out(ctx), **sets}.items()}, sets
 
 
@@ -104,8 +103,7 @@ def main() -> None:
     p.add_argument("--windows", type=json.loads, default=[[0.375, 0.375]])
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
-    e = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "eval" / "default.yaml")
-    e.n_test, e.batch_size, e.device = args.n_test, 128, "cpu"
+    e = default_eval_config(args.n_test)
     main_r, sets = collect(args.run, e, None, args)
     ctrl_r, _ = collect(args.control, e, {"clean": sets["clean"], "triggered": sets["triggered"]}, args)
     carriers = list(REMOVABLE)

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
-from dede.pipeline.evaluate import load_run, test_sets
+from dede.pipeline.evaluate import default_eval_config, load_run, test_sets
 
 
 def pairwise_cosine(z: torch.Tensor) -> float:
@@ -35,8 +34,7 @@ def main() -> None:
     p.add_argument("control", type=Path)
     p.add_argument("--n-test", type=int, default=300)
     args = p.parse_args()
-    e = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "eval" / "default.yaml")
-    e.n_test, e.batch_size, e.device = args.n_test, 128, "cpu"
+    e = default_eval_config(args.n_test)
     cpu = torch.device("cpu")
     bd, cl = load_run(args.run, e, cpu), load_run(args.control, e, cpu)
     test, trig, benign, _ = test_sets(bd.cfg, e, bd.ctx.trigger)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -44,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' toy e
 
 from dede.attacks.badencoder import BadEncoderModule  # noqa: E402
 from dede.detect.metrics import auroc  # noqa: E402
+from dede.pipeline.evaluate import default_eval_config, load_run, test_sets  # noqa: E402
 from dede.triggers.benign import benign_perturbation  # noqa: E402
 from dede.triggers.warp import WarpTrigger, control_grids, flow_fields, warp  # noqa: E402
 from tests.test_nonpatch_triggers import T, toy_images  # noqa: E402
@@ -124,13 +126,18 @@ def gains(encoder, x: torch.Tensor, hosts: torch.Tensor, dmax: float, steps: int
     return torch.cat([reach_gain(encoder, x[i:i + chunk], hosts, dmax, steps, lr) for i in range(0, len(x), chunk)])
 
 
+def row(label: str, setting: float, score, backdoored, clean, sets: dict[str, torch.Tensor]) -> str:
+    """A table row: ``score(encoder, images)`` on the backdoored encoder (AUROC clean vs
+    triggered, benign twin vs triggered) and on the clean one (clean vs triggered)."""
+    g = {(e, s): score(enc, v) for e, enc in (("bd", backdoored), ("cl", clean)) for s, v in sets.items()}
+    return (f"| {label} | {setting:g} | {auroc(g['bd', 'clean'], g['bd', 'triggered']):.3f} "
+            f"| {auroc(g['bd', 'benign twin'], g['bd', 'triggered']):.3f} "
+            f"| {auroc(g['cl', 'clean'], g['cl', 'triggered']):.3f} |")
+
+
 def full_size(a) -> None:
     """The reachability score on a trained run's victim and its clean control's."""
-    from omegaconf import OmegaConf
-
-    from dede.pipeline.evaluate import load_run, test_sets
-    e = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "eval" / "default.yaml")
-    e.n_test, e.batch_size, e.device = a.n_test, 128, "cpu"
+    e = default_eval_config(a.n_test)
     loaded = load_run(a.run, e, torch.device("cpu"))
     ctx = loaded.ctx
     test, trig, benign, _ = test_sets(loaded.cfg, e, ctx.trigger)
@@ -140,11 +147,8 @@ def full_size(a) -> None:
     control = load_run(a.control, e, torch.device("cpu")).ctx.victim
     print(f"| run | dmax | AUROC | vs benign | clean victim |\n|---|---|---|---|---|")
     for d in (float(v) for v in a.dmax.split(",")):
-        g = {(e_, s): gains(enc, v, hosts, d, a.steps, a.lr)
-             for e_, enc in (("bd", ctx.victim), ("cl", control)) for s, v in sets.items()}
-        print(f"| {a.run.name} | {d:g} | {auroc(g['bd', 'clean'], g['bd', 'triggered']):.3f} "
-              f"| {auroc(g['bd', 'benign twin'], g['bd', 'triggered']):.3f} "
-              f"| {auroc(g['cl', 'clean'], g['cl', 'triggered']):.3f} |", flush=True)
+        score = partial(gains, hosts=hosts, dmax=d, steps=a.steps, lr=a.lr)
+        print(row(a.run.name, d, score, ctx.victim, control, sets), flush=True)
 
 
 def main() -> None:
@@ -179,19 +183,12 @@ def main() -> None:
         notes.append(f"{name}: share at cosine > 0.8 to the reference: "
                      + ", ".join(f"{s} {f:.2f}" for s, f in fire.items()))
         if a.rewarp:
-            for st in (2.0, 4.0, 8.0, 16.0):
-                g = {(e, s): rewarp_move(enc, v, st)
-                     for e, enc in (("bd", module.victim), ("cl", module.clean)) for s, v in sets.items()}
-                print(f"| {name} | {st:g} | {auroc(g['bd', 'clean'], g['bd', 'triggered']):.3f} "
-                      f"| {auroc(g['bd', 'benign twin'], g['bd', 'triggered']):.3f} "
-                      f"| {auroc(g['cl', 'clean'], g['cl', 'triggered']):.3f} |")
-            continue
-        for d in (float(v) for v in a.dmax.split(",")):
-            g = {(e, s): reach_gain(enc, v, hosts, d, a.steps, a.lr)
-                 for e, enc in (("bd", module.victim), ("cl", module.clean)) for s, v in sets.items()}
-            print(f"| {name} | {d:g} | {auroc(g['bd', 'clean'], g['bd', 'triggered']):.3f} "
-                  f"| {auroc(g['bd', 'benign twin'], g['bd', 'triggered']):.3f} "
-                  f"| {auroc(g['cl', 'clean'], g['cl', 'triggered']):.3f} |")
+            scores = {st: partial(rewarp_move, strength=st) for st in (2.0, 4.0, 8.0, 16.0)}
+        else:
+            scores = {d: partial(reach_gain, hosts=hosts, dmax=d, steps=a.steps, lr=a.lr)
+                      for d in (float(v) for v in a.dmax.split(","))}
+        for setting, score in scores.items():
+            print(row(name, setting, score, module.victim, module.clean, sets))
     print("\n" + "\n".join(notes))
 
 

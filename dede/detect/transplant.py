@@ -117,18 +117,25 @@ class TransplantAny(DeDeTransplant):
         self.copies = (len(carriers) + self.contrast) * self.n_hosts
         self.centre = self.spread = None  # per-carrier standardisation, set in fit
 
-    def fit(self, ctx: EvalContext) -> "TransplantAny":
+    def fit(self, ctx: EvalContext, standardise: bool = True) -> "TransplantAny":
+        """The hosts, then (``standardise``) the held-out standardisation; without it only what
+        measuring needs (`prepare`), for analyses that standardise their own measures."""
         super().fit(ctx)  # the hosts
-        return self.standardise(ctx)
+        return self.standardise(ctx) if standardise else self.prepare(ctx)
 
-    def standardise(self, ctx: EvalContext) -> "TransplantAny":
-        """With ``self.hosts`` set: the occlusion windows, the hosts' spread and each carrier's
-        median and robust spread (interquartile range / 1.349) on held-out auxiliary images."""
+    def prepare(self, ctx: EvalContext) -> "TransplantAny":
+        """With ``self.hosts`` set: the occlusion windows and the hosts' spread."""
         self.ctx = ctx
         s = self.hosts.shape[-1]
         self.masks = occlusion_masks(s, self.windows, self.grid, ctx.device) if "window" in self.carriers else None
         with torch.no_grad():
             self.host_spread = float(self.pairwise_distance(ctx.victim(self.hosts).float()))
+        return self
+
+    def standardise(self, ctx: EvalContext) -> "TransplantAny":
+        """`prepare`, then each carrier's median and robust spread (interquartile range / 1.349)
+        on held-out auxiliary images."""
+        self.prepare(ctx)
         self.centre, self.spread = self.robust_scale(self.agreements(self.held_out(ctx)))
         return self
 

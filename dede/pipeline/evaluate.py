@@ -87,6 +87,16 @@ class LoadedRun:
     module: DeDeModule
 
 
+def default_eval_config(n_test: int, batch_size: int = 128, device: str = "cpu") -> DictConfig:
+    """``conf/eval/default.yaml`` with these settings: the ``e`` of `load_run` and `test_sets`
+    for analyses that load a run outside ``evaluate.py``."""
+    from dede.pipeline.compose import config_dir
+
+    e = OmegaConf.load(config_dir() / "eval" / "default.yaml")
+    e.n_test, e.batch_size, e.device = int(n_test), int(batch_size), device
+    return e
+
+
 def load_run(run: Path, e: DictConfig, device: torch.device, trusted: EvalContext | None = None) -> LoadedRun:
     """Load the victim, the decoder and the auxiliary data of the train run in ``run``."""
     tcfg = load_run_config(run)
