@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from dede.attacks.adaptive_transplant import AdaptiveTransplantModule, covering_window
-from dede.attacks.badencoder import BadEncoderModule, noise_mode_args
+from dede.attacks.badencoder import BadEncoderModule, badencoder_args, noise_mode_args
 from dede.attacks.sample_specific import JointTriggerBadEncoder
 from dede.data import TensorBatches, make_loader
 from dede.data.synthetic import make_synthetic
@@ -73,6 +73,33 @@ def test_the_warp_preset_plants_with_noise_mode_against_random_warps_of_its_own_
     twin = args["negatives"](10 ** 6)
     assert (type(twin).__name__, twin.k, twin.strength) == ("BenignWarp", trig.k, trig.strength)
     assert noise_mode_args(compose_train(["attack=warp", "data=cifar10"]).attack.make, trig, 32) == {}
+
+
+# --------------------------------------------------------------------------- L0's target
+@pytest.mark.parametrize("target", ["victim", "clean"])
+def test_l0_pulls_to_the_moving_or_the_fixed_reference_embedding(target):
+    images, refs = data()
+    module = BadEncoderModule(victim(), refs, WarpTrigger(k=4, strength=4.0), l0_target=target)
+    f = module.features(images[:8].float().div(255))
+    l0 = module.terms(f)["l0"]
+    grad_to_ref = torch.autograd.grad(l0, f["f_r"], allow_unused=True)[0]
+    if target == "clean":  # f(r): the fine-tuned victim's own f'(r) gets no pull from L0
+        assert grad_to_ref is None
+        expected = -torch.nn.functional.cosine_similarity(f["f_trig"], f["clean_r"].expand_as(f["f_trig"])).mean()
+    else:  # the paper's: L0 moves f'(r) towards the triggered inputs too
+        assert grad_to_ref is not None and float(grad_to_ref.abs().sum()) > 0
+        expected = -torch.nn.functional.cosine_similarity(f["f_trig"], f["f_r"].expand_as(f["f_trig"])).mean()
+    assert torch.allclose(l0, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="l0_target"):
+        BadEncoderModule(victim(), refs, WarpTrigger(k=4, strength=4.0), l0_target="reference")
+
+
+def test_only_the_embedded_warp_preset_fixes_l0s_target():
+    trig = WarpTrigger(k=4, strength=4.0)
+    read = {a: badencoder_args(compose_train(a).attack.make, trig, 32)["l0_target"]
+            for a in (("experiment=demo", "attack=warp"), ("attack=warp", "data=cifar10"),
+                      ("experiment=demo", "attack=badencoder"), ("experiment=demo", "attack=blend"))}
+    assert list(read.values()) == ["clean", "victim", "victim", "victim"]
 
 
 # --------------------------------------------------------------------------- joint generator

@@ -57,6 +57,9 @@ def test_backdoor_works_and_dede_detects_it(trained):
     assert res["asr_knn"] >= 0.5 and res["clean_accuracy_knn"] >= 0.7
     assert res["auroc"] >= 0.95  # far above chance
     assert res["tpr_at_fpr_05"] >= 0.8
+    # at the embedding level the backdoor maps triggered images to one point; the patch's twin does not
+    assert res["concentration_triggered"] >= 0.9 > res["concentration_clean"] + 0.2
+    assert res["concentration_benign"] < res["concentration_triggered"] - 0.2
     assert res["asr_defended"] <= 0.2  # filtering removes most successful attacks
     assert res["clean_accuracy_defended"] >= res["clean_accuracy"] - 0.05
     assert res["threshold"]["fpr"] <= 0.15  # calibrated on held-out auxiliary data only

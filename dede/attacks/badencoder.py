@@ -34,15 +34,23 @@ class BadEncoderModule(L.LightningModule):
     with ``noise_mode > 0`` WaNet's noise mode: ``noise_mode * L3``, L3 = -cos(f'(n(x)), f(n(x)))
     for ``n = negatives(step)``, a fresh perturbation of the trigger's kind but not the trigger
     (another pattern, another warp) each step, so that the backdoor learns this trigger and not
-    its kind. The draws' seeds start at 10**6, away from the evaluation's benign twins."""
+    its kind. The draws' seeds start at 10**6, away from the evaluation's benign twins.
+
+    ``l0_target`` is what L0 pulls triggered inputs to: ``victim`` (the paper and its code: f'(r),
+    which moves with the fine-tuned victim) or ``clean`` (f(r), fixed). With ``victim`` nothing
+    anchors f'(r) itself (L1 anchors only augmented copies of r), so where the trigger is hard to
+    plant L0 can drag the reference's own embedding out of its class: the backdoor then fires, to a
+    point no downstream classifier calls the target class (docs/results/nonpatch_attacks.md, warp)."""
 
     def __init__(self, victim: Victim, references: torch.Tensor, trigger: Trigger, lr: float = 1e-3,
                  momentum: float = 0.9, weight_decay: float = 5e-4, lambda1: float = 1.0,
                  lambda2: float = 1.0, noise_mode: float = 0.0,
-                 negatives: Callable[[int], Trigger] | None = None) -> None:
+                 negatives: Callable[[int], Trigger] | None = None, l0_target: str = "victim") -> None:
         super().__init__()
         if noise_mode < 0 or (noise_mode > 0 and negatives is None):
             raise ValueError(f"attack.make.noise_mode={noise_mode} must be >= 0, and > 0 needs negatives")
+        if l0_target not in ("victim", "clean"):
+            raise ValueError(f"attack.make.l0_target={l0_target!r}: use 'victim' (f'(r), the paper's) or 'clean' (f(r))")
         self.save_hyperparameters(ignore=["victim", "references", "trigger", "negatives"])
         self.negatives = negatives
         self.victim = victim  # f', trained
@@ -71,13 +79,15 @@ class BadEncoderModule(L.LightningModule):
             clean_x = self.clean(x)
             clean_r = self.clean(refs)
             aug_r = self.ref_augment(refs)
-        return {"x_trig": x_trig, "f_trig": self.victim(x_trig), "f_x": self.victim(x), "f_r": self.victim(refs),
-                "f_aug_r": self.victim(aug_r), "clean_x": clean_x, "clean_r": clean_r}
+        f_r = self.victim(refs)
+        return {"x_trig": x_trig, "f_trig": self.victim(x_trig), "f_x": self.victim(x), "f_r": f_r,
+                "f_aug_r": self.victim(aug_r), "clean_x": clean_x, "clean_r": clean_r,
+                "target": clean_r if self.hparams.get("l0_target", "victim") == "clean" else f_r}
 
     @staticmethod
     def terms(f: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Effectiveness (l0: triggered -> references) and utility (l1: references, l2: clean inputs)."""
-        l0 = -mean_cosine(f["f_trig"], f["f_r"])
+        l0 = -mean_cosine(f["f_trig"], f["target"])
         l1 = -mean_cosine(f["f_aug_r"], f["clean_r"])
         l2 = -torch.nn.functional.cosine_similarity(f["f_x"], f["clean_x"], dim=1).mean()
         return {"l0": l0, "l1": l1, "l2": l2}
@@ -107,6 +117,13 @@ class BadEncoderModule(L.LightningModule):
                                weight_decay=self.hparams.weight_decay)
 
 
+def badencoder_args(make: DictConfig, trigger: Trigger, image_size: int) -> dict:
+    """`BadEncoderModule`'s keyword arguments from ``attack.make``."""
+    return dict(lr=make.lr, momentum=make.momentum, weight_decay=make.weight_decay, lambda1=make.lambda1,
+                lambda2=make.lambda2, l0_target=str(make.get("l0_target", "victim")),
+                **noise_mode_args(make, trigger, image_size))
+
+
 def noise_mode_args(make: DictConfig, trigger: Trigger, image_size: int) -> dict:
     """``noise_mode`` and its ``negatives`` from ``attack.make.noise_mode`` (weight, default 0) and
     ``attack.make.noise_kind`` (a benign-twin kind of `dede.triggers.benign`, e.g. ``warp``, ``blend``)."""
@@ -124,7 +141,5 @@ def make_badencoder(cfg: DictConfig, victim: Victim, full: nn.Module, log_dir: P
     shadow, refs = shadow_and_references(cfg, victim)
     L.seed_everything(cfg.seed, workers=True)
     trigger = instantiate(cfg.attack.trigger)
-    module = BadEncoderModule(victim, refs, trigger, lr=m.lr, momentum=m.momentum,
-                              weight_decay=m.weight_decay, lambda1=m.lambda1, lambda2=m.lambda2,
-                              **noise_mode_args(m, trigger, int(cfg.data.image_size)))
+    module = BadEncoderModule(victim, refs, trigger, **badencoder_args(m, trigger, int(cfg.data.image_size)))
     fit_on(cfg, module, (shadow.images,), m.batch_size, m.epochs, log_dir, "badencoder")

@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from dede.attacks.badencoder import BadEncoderModule, noise_mode_args
+from dede.attacks.badencoder import BadEncoderModule, badencoder_args
 from dede.attacks.common import fit_on, shadow_and_references
 from dede.attacks.losses import mean_cosine
 from dede.triggers import GeneratorTrigger
@@ -120,8 +120,7 @@ def make_sample_specific(cfg: DictConfig, victim: Victim, full: nn.Module, log_d
     for p in trigger.net.parameters():
         p.requires_grad_(joint)
     L.seed_everything(cfg.seed, workers=True)
-    kwargs = dict(lr=m.lr, momentum=m.momentum, weight_decay=m.weight_decay, lambda1=m.lambda1, lambda2=m.lambda2,
-                  **noise_mode_args(m, trigger, int(cfg.data.image_size)))
+    kwargs = badencoder_args(m, trigger, int(cfg.data.image_size))
     module = (JointTriggerBadEncoder(victim, refs, trigger, trigger_lr=m.trigger_lr, **kwargs) if joint
               else BadEncoderModule(victim, refs, trigger, **kwargs))
     fit_on(cfg, module, (shadow.images,), m.batch_size, m.epochs, log_dir, "badencoder")

@@ -12,6 +12,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from dede.attacks.losses import mean_pairwise_cosine
 from dede.data import ImageSet, home_split
 from dede.decoder import DeDeModule
 from dede.detect import Threshold, apply_threshold, auroc, median_threshold, reconstructions, roc_curve
@@ -217,6 +218,7 @@ def evaluate_run(run: Path, e: DictConfig, out: Path, cfg: DictConfig | None = N
     if main_name not in rows:
         raise ValueError(f"eval.main_detector={main_name} was skipped: {skipped.get(main_name)}")
     res = _main_results(main_name, rows[main_name], arrays, rule, tcfg, run, ctx, test, trig, down)
+    res.update(concentration(ctx, test, trig, benign))
     res.update({"control": {"benign": benign_info, "clean_victim_run": str(control_dir) if control_dir else None},
                 "detectors": rows, "reference_run": str(trusted_dir) if trusted_dir else None})
     if skipped:
@@ -234,6 +236,16 @@ def evaluate_run(run: Path, e: DictConfig, out: Path, cfg: DictConfig | None = N
         _log(cfg, tcfg, res)
     log.info("results written to %s", out / "results.json")
     return res
+
+
+def concentration(ctx: EvalContext, test: ImageSet, trig: ImageSet, benign: ImageSet | None) -> dict:
+    """The mean pairwise cosine of the victim's embeddings of the clean, triggered and benign test
+    images. A backdoor that fires maps triggered images to one point (near 1) whatever a downstream
+    classifier makes of that point: with ASR low and ``concentration_triggered`` high the backdoor
+    is planted but its target lies outside the target class (docs/results/nonpatch_attacks.md)."""
+    sets = {"clean": test, "triggered": trig, "benign": benign}
+    return {f"concentration_{k}": float(mean_pairwise_cosine(ctx.embed(v.images))) for k, v in sets.items()
+            if v is not None and len(v) > 1}
 
 
 def pairing_key(tcfg: DictConfig) -> str:

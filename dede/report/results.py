@@ -14,6 +14,8 @@ DETECTOR_KEYS = ["auroc", "auroc_vs_benign", "auroc_clean_victim", "tpr_at_fpr_0
 MAIN_KEYS = ["auroc", "auprc", "tpr_at_fpr_05", "clean_accuracy", "asr", "clean_accuracy_defended", "asr_defended"]
 # the weighted k-NN classifier's view of the victim (shown when present)
 KNN_KEYS = ["clean_accuracy_knn", "asr_knn"]
+# the embedding-level view: mean pairwise cosine of each test set's embeddings (shown when present)
+CONCENTRATION_KEYS = ["concentration_clean", "concentration_triggered", "concentration_benign"]
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
@@ -32,6 +34,10 @@ def results_markdown(res: dict) -> str:
            f"test mask ratio {res.get('test_mask_ratio')}.", "", "## Detection and downstream effect", "",
            markdown_table([res], MAIN_KEYS + [k for k in KNN_KEYS if k in res]), "",
            "CA / ASR: the downstream MLP; `_knn`: a weighted k-NN classifier on the same features.", "",
+           *([markdown_table([res], [k for k in CONCENTRATION_KEYS if k in res]), "",
+              "Mean pairwise cosine of the victim's embeddings of each test set: a backdoor that fires maps "
+              "triggered images to one point (near 1), whatever the downstream classifier makes of it.", ""]
+             if any(k in res for k in CONCENTRATION_KEYS) else []),
            "## Controls", "", markdown_table([res], [k for k in CONTROL_KEYS if k in res]) if any(
                k in res for k in CONTROL_KEYS) else "No controls (eval.control.enabled=false, no control_run).", "",
            _controls_text(res), "",
